@@ -1,0 +1,63 @@
+"""Turn a zoo into chunk records (pad → chunk) with Ray Data, cached on storage.
+
+python jobs/prepare.py --zoo URI --chunk-size C [--out URI] [--format auto] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from pipeline import storage
+from pipeline.config import TrainConfig
+from pipeline.data import prepare_chunk_records
+from pipeline.runtime import fail, start_ray
+from pipeline.zoo import ZooError
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoo", required=True, help="zoo URI (local path or s3://bucket/prefix)")
+    p.add_argument("--chunk-size", type=int, required=True, help="elements per chunk (C)")
+    p.add_argument("--out", help="output URI; default: derived from zoo fingerprint, chunk size, schema")
+    p.add_argument(
+        "--cache-root",
+        default=storage.join(TrainConfig().storage, "chunk-records"),
+        help="where derived outputs live (default: %(default)s)",
+    )
+    p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
+    p.add_argument("--steps", default="final", choices=["final", "all"], help="smallcnnzoo: which steps")
+    p.add_argument("--epoch", type=int, help="modelzoos: which epoch (default: the last)")
+    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    p.add_argument("--json", help="write the summary here as JSON")
+    args = p.parse_args()
+
+    start_ray(args.num_cpus)
+    try:
+        summary = prepare_chunk_records(
+            args.zoo,
+            args.chunk_size,
+            out=args.out,
+            cache_root=args.cache_root,
+            format=args.format,
+            steps=args.steps,
+            epoch=args.epoch,
+        )
+    except (ZooError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    state = "reused cached" if summary.reused else f"wrote in {summary.seconds:.1f} s"
+    print(
+        f"{summary.records} chunk records, {summary.rejected} rejected of {summary.listed} listed "
+        f"(chunk size {summary.chunk_size}, format {summary.format}); {state}: {summary.output}"
+    )
+    for reason, n in sorted(summary.rejected_reasons.items(), key=lambda kv: -kv[1]):
+        print(f"  rejected {n}: {reason}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(summary.to_dict(), f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

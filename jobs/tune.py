@@ -1,0 +1,102 @@
+"""Sweep chunk size × invariance weight λ (and optionally learning rate) with Ray Tune + ASHA.
+
+Every trial is an MLflow child run of one parent run per sweep; the parent holds the trial table
+and a heatmap of validation Kendall tau. Rerunning with the same --name resumes the sweep.
+
+    python jobs/tune.py --zoo URI [--chunk-sizes 8,16,32,64] [--invariance-weights 0,0.01,0.1,1]
+                        [--search grid|optuna] [--num-samples N] [--max-epochs E] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from pipeline import config as cfg
+from pipeline.runtime import fail, start_ray
+from pipeline.tracking import ui_command
+from pipeline.tune import SweepSpec, format_trials, grid_size, run_sweep
+from pipeline.zoo import ZooError
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in s.split(",") if v)
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in s.split(",") if v)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--chunk-sizes", type=_ints, default=SweepSpec.chunk_sizes)
+    p.add_argument("--invariance-weights", type=_floats, default=SweepSpec.invariance_weights)
+    p.add_argument(
+        "--learning-rates",
+        type=_floats,
+        default=(),
+        help="also sweep lr over these (grid) or their range (optuna)",
+    )
+    p.add_argument("--search", choices=["grid", "optuna"], default="grid")
+    p.add_argument("--num-samples", type=int, default=1, help="grid: repeats; optuna: trials")
+    p.add_argument("--max-epochs", type=int, default=SweepSpec.max_epochs)
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        default=SweepSpec.grace_period,
+        help="ASHA: epochs before a trial may be stopped",
+    )
+    p.add_argument("--max-concurrent-trials", type=int, default=SweepSpec.max_concurrent_trials)
+    p.add_argument("--name", help="sweep name; rerun with the same name to resume")
+    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    p.add_argument("--json", help="write the summary here as JSON")
+    # Everything else is a training setting; sweeps default to one 0.5-CPU worker per trial so
+    # two trials and their data tasks fit a 2-core laptop.
+    cfg.add_arguments(p, skip=("chunk_size", "invariance_weight", "epochs", "statnn"))
+    args = p.parse_args()
+    try:
+        base = cfg.from_args(args)
+        if args.num_workers is None:
+            base.num_workers = 1
+        spec = SweepSpec(
+            chunk_sizes=args.chunk_sizes,
+            invariance_weights=args.invariance_weights,
+            learning_rates=args.learning_rates,
+            search=args.search,
+            num_samples=args.num_samples,
+            max_epochs=args.max_epochs,
+            grace_period=args.grace_period,
+            max_concurrent_trials=args.max_concurrent_trials,
+            name=args.name,
+        ).validate()
+    except ValueError as e:
+        fail(str(e))
+
+    start_ray(args.num_cpus)
+    print(
+        f"sweep: {grid_size(spec)} trials ({spec.search}), up to {spec.max_epochs} epochs each, ASHA early stopping"
+    )
+    try:
+        summary = run_sweep(base, spec)
+    except (ZooError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    print()
+    print(format_trials(summary["trials"]))
+    print()
+    if summary["best_config"]:
+        test = summary["best_test_kendall_tau"]
+        print(
+            f"best: {summary['best_config']}  val tau {summary['best_val_kendall_tau']:.3f}"
+            + (f"  test tau {test:.3f}" if isinstance(test, float) else "")
+        )
+    print(f"sweep took {summary['seconds']:.0f} s; MLflow parent run {summary['parent_run_id']}; UI:")
+    print(f"  {ui_command(summary['tracking_uri'])}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""STATNN (Unterthiner et al. 2020): per-tensor statistics fed to gradient-boosted trees.
+
+For every weight and bias tensor in computation order: mean, standard deviation and the
+0/25/50/75/100 percentiles (7 numbers). Mixed zoos have different tensor counts, so the feature
+vector is padded with NaN to the longest network in the batch; the trees treat NaN as missing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.chunking import unchunk_record
+
+STATS_PER_TENSOR = 7
+
+
+def tensor_statistics(t: np.ndarray) -> np.ndarray:
+    flat = np.asarray(t, dtype=np.float64).ravel()
+    return np.concatenate([[flat.mean(), flat.std()], np.percentile(flat, [0, 25, 50, 75, 100])])
+
+
+def statnn_features(record: dict) -> np.ndarray:
+    """(7 · tensors,) statistics of one chunk record's weights and biases, in state-dict order."""
+    return np.concatenate([tensor_statistics(t) for t in unchunk_record(record).values()])
+
+
+def pad_features(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
+    """(B, width) with NaN where a network has fewer tensors than the widest one."""
+    width = width or max(len(r) for r in rows)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : min(width, len(r))] = r[:width]
+    return out
+
+
+class STATNN:
+    """Gradient-boosted trees on STATNN features; ``fit`` then ``predict`` on lists of feature rows."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.width = 0
+        self.regressor = None
+
+    def fit(self, rows: list[np.ndarray], y: np.ndarray) -> STATNN:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        self.width = max(len(r) for r in rows)
+        self.regressor = HistGradientBoostingRegressor(
+            max_iter=300, learning_rate=0.05, random_state=self.seed
+        )
+        self.regressor.fit(pad_features(rows, self.width), np.asarray(y, dtype=np.float64))
+        return self
+
+    def predict(self, rows: list[np.ndarray]) -> np.ndarray:
+        if self.regressor is None:
+            raise RuntimeError("STATNN.predict before fit")
+        return self.regressor.predict(pad_features(rows, self.width))

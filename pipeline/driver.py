@@ -1,0 +1,298 @@
+"""The driver function shared by ``jobs/train.py`` and every Ray Tune trial.
+
+prepare (cached chunk records) → split → Ray Train fit (resumable by run name) → test metrics,
+STATNN baseline, MLflow artifacts. Returns a plain dict of final metrics and URIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import storage, tracking
+from pipeline.config import TrainConfig, from_dict, to_dict
+from pipeline.data import (
+    load_chunk_dataset,
+    prepare_chunk_records,
+    pyarrow_filesystem,
+    quiet_data_progress,
+    read_record_index,
+)
+from pipeline.evaluation import format_table, regression_metrics, scatter_plot, subset_metrics
+from pipeline.splits import assign_splits, split_fingerprint
+
+
+def _select_ids(table: pa.Table, ids: pa.Array) -> pa.Table:
+    return table.filter(pc.is_in(table["id"], value_set=ids))
+
+
+def split_datasets(records_uri: str, assignment: dict[str, str], materialize: bool) -> dict:
+    """Ray Datasets of chunk records per split (vectorised id filter; optionally held in the object store)."""
+    full = load_chunk_dataset(records_uri)
+    out = {}
+    for split in ("train", "val", "test"):
+        ids = pa.array(sorted(i for i, s in assignment.items() if s == split), pa.string())
+        ds = full.map_batches(_select_ids, batch_format="pyarrow", fn_kwargs={"ids": ids}, num_cpus=0.25)
+        out[split] = ds.materialize() if materialize else ds
+    return out
+
+
+def _statnn_rows(batch: dict) -> dict:
+    from pipeline.baselines import statnn_features
+    from pipeline.collate import records_from_batch
+
+    records = records_from_batch(batch)
+    return {
+        "id": np.array([r["id"] for r in records]),
+        "features": np.array([statnn_features(r) for r in records], dtype=object),
+    }
+
+
+def run_statnn(datasets: dict, property_name: str, seed: int) -> dict[str, np.ndarray]:
+    """Fit STATNN on train (+val, it has no epochs to select) and predict test; id → prediction."""
+    from pipeline.baselines import STATNN
+
+    def collect(ds) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+        feats = ds.map_batches(_statnn_rows, batch_format="numpy", batch_size=64, num_cpus=0.5).take_all()
+        props = {r["id"]: r[property_name] for r in ds.select_columns(["id", property_name]).take_all()}
+        ids = [r["id"] for r in feats]
+        return (
+            ids,
+            [np.asarray(r["features"], dtype=np.float64) for r in feats],
+            np.array([props[i] for i in ids]),
+        )
+
+    tr_ids, tr_x, tr_y = collect(datasets["train"].union(datasets["val"]))
+    te_ids, te_x, _ = collect(datasets["test"])
+    pred = STATNN(seed).fit(tr_x, tr_y).predict(te_x)
+    return dict(zip(te_ids, pred, strict=True))
+
+
+def _new_run_name(config: TrainConfig, fingerprint: str) -> str:
+    return f"sne-{fingerprint[:8]}-c{config.chunk_size}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_training(
+    config: TrainConfig | dict,
+    *,
+    parent_run_id: str | None = None,
+    train_callbacks: list | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train SNE end to end on the config's zoo and task; see the module docstring."""
+    import torch
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.export import save_encoder
+    from pipeline.train import TargetScaler, build_encoder, predict_records, train_fn_per_worker
+
+    config = config if isinstance(config, TrainConfig) else from_dict(config)
+    config.validate()
+    started = time.time()
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
+
+    prepared = prepare_chunk_records(
+        config.zoo,
+        config.chunk_size,
+        cache_root=storage.join(config.storage, "chunk-records"),
+        format=config.format,
+        steps=config.steps,
+        epoch=config.zoo_epoch,
+    )
+    log(
+        f"chunk records: {prepared.records} ({prepared.rejected} rejected) at {prepared.output}"
+        + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
+    )
+    index = read_record_index(prepared.output, ("id", "family", "dataset", config.property))
+    values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)
+    ids = index.column("id").to_pylist()
+    missing = [i for i, v in zip(ids, values, strict=True) if not np.isfinite(v)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} checkpoint(s) lack property {config.property!r} (e.g. {missing[:3]}); "
+            "choose another --property or a zoo that records it"
+        )
+    assignment = assign_splits(
+        ids,
+        index.column("family").to_pylist(),
+        index.column("dataset").to_pylist(),
+        config.task,
+        train_datasets=config.train_datasets,
+        test_datasets=config.test_datasets,
+        train_families=config.train_families,
+        test_families=config.test_families,
+        seed=config.split_seed,
+    )
+    counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
+    train_values = values[[assignment.get(i) == "train" for i in ids]]
+    scaler = TargetScaler(float(train_values.mean()), float(train_values.std() or 1.0))
+    log(f"split ({config.task}): {counts}")
+
+    run_name = config.run_name or _new_run_name(config, prepared.fingerprint)
+    run_id = tracking.find_run(tracking_uri, config.experiment, run_name) if config.run_name else None
+    params = {
+        **to_dict(config),
+        "run_name": run_name,
+        "chunk_records": prepared.output,
+        **{f"n_{k}": v for k, v in counts.items()},
+    }
+    tags = {
+        "zoo_fingerprint": prepared.fingerprint,
+        "chunk_size": str(config.chunk_size),
+        "split_fingerprint": split_fingerprint(assignment),
+        "task": config.task,
+        "property": config.property,
+    }
+    if run_id is None:
+        run_id = tracking.start_run(tracking_uri, config.experiment, run_name, params, tags, parent_run_id)
+    else:
+        log(f"resuming MLflow run {run_id} ({run_name})")
+
+    quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
+    datasets = split_datasets(prepared.output, assignment, materialize=True)
+    train_fs, train_path = pyarrow_filesystem(storage.join(config.storage, "train"))
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "config": to_dict(config),
+            "target_mean": scaler.mean,
+            "target_std": scaler.std,
+            "tracking_uri": tracking_uri,
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=train_path,
+            storage_filesystem=train_fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=train_callbacks,
+        ),
+        datasets={"train": datasets["train"], "val": datasets["val"]},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.end_run(tracking_uri, run_id, "FAILED")
+        raise
+    returned = result.return_value
+    if returned is None:
+        raise RuntimeError(f"training run {run_name} returned nothing from rank 0")
+
+    # Test evaluation of the best-validation encoder, on the driver (streamed in batches).
+    encoder = build_encoder(config)
+    encoder.load_state_dict(
+        {k: torch.from_numpy(np.asarray(v)) for k, v in returned["encoder_state"].items()}
+    )
+    test = predict_records(
+        encoder, datasets["test"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
+    )
+    pred, true = np.array(test["prediction"]), np.array(test["target"])
+    overall = regression_metrics(pred, true)
+    rows = subset_metrics(pred, true, test["family"], test["dataset"])
+    final = {
+        "test_kendall_tau": overall["kendall_tau"],
+        "test_r2": overall["r2"],
+        "test_mse": overall["mse"],
+        "best_val_kendall_tau": returned["best_val_kendall_tau"],
+        "best_epoch": returned["best_epoch"],
+    }
+    for r in rows[1:]:
+        # MLflow metric names allow no "=": test_kendall_tau/family/mlp
+        final[f"test_kendall_tau/{r['subset'].replace('=', '/')}"] = r["kendall_tau"]
+
+    statnn_pred = None
+    if config.statnn:
+        by_id = run_statnn(datasets, config.property, config.seed)
+        statnn_pred = np.array([by_id[i] for i in test["id"]])
+        s = regression_metrics(statnn_pred, true)
+        final.update(
+            {
+                "statnn_test_kendall_tau": s["kendall_tau"],
+                "statnn_test_r2": s["r2"],
+                "statnn_test_mse": s["mse"],
+            }
+        )
+
+    checkpoint_uri = None
+    if result.checkpoint is not None:
+        checkpoint_uri = storage.join(
+            config.storage, "train", run_name, os.path.relpath(result.checkpoint.path, train_path)
+        )
+    with tempfile.TemporaryDirectory() as d:
+        meta = {
+            "encoder": {
+                "hidden": config.hidden,
+                "heads": config.heads,
+                "inducing_points": config.inducing_points,
+                "chunk_micro_batch": config.chunk_micro_batch,
+                "positional_encoding": config.positional_encoding,
+            },
+            "chunk_size": config.chunk_size,
+            "normalize": config.normalize,
+            "property": config.property,
+            "loss": config.loss,
+            "target_mean": scaler.mean,
+            "target_std": scaler.std,
+            "run_name": run_name,
+            "zoo_fingerprint": prepared.fingerprint,
+        }
+        save_encoder(os.path.join(d, "encoder"), returned["encoder_state"], meta)
+        tracking.log_artifact(tracking_uri, run_id, os.path.join(d, "encoder"), "encoder")
+        title = f"SNE test: tau={overall['kendall_tau']:.3f} ({config.task})"
+        tracking.log_artifact(
+            tracking_uri,
+            run_id,
+            scatter_plot(pred, true, test["family"], os.path.join(d, "test_scatter.png"), title),
+        )
+        with open(os.path.join(d, "test_metrics.txt"), "w") as f:
+            f.write(format_table(rows) + "\n")
+        with open(os.path.join(d, "test_metrics.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+        with open(os.path.join(d, "test_predictions.csv"), "w") as f:
+            f.write(
+                "id,family,dataset,target,prediction"
+                + (",statnn_prediction" if statnn_pred is not None else "")
+                + "\n"
+            )
+            for k in range(len(pred)):
+                extra = f",{statnn_pred[k]:.6f}" if statnn_pred is not None else ""
+                f.write(
+                    f"{test['id'][k]},{test['family'][k]},{test['dataset'][k]},{true[k]:.6f},{pred[k]:.6f}{extra}\n"
+                )
+        for name in ("test_metrics.txt", "test_metrics.json", "test_predictions.csv"):
+            tracking.log_artifact(tracking_uri, run_id, os.path.join(d, name))
+    tracking.log_metrics(
+        tracking_uri, run_id, {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    )
+    tracking.end_run(tracking_uri, run_id)
+
+    final.update(
+        {
+            "run_id": run_id,
+            "run_name": run_name,
+            "tracking_uri": tracking_uri,
+            "experiment": config.experiment,
+            "encoder_uri": f"runs:/{run_id}/encoder",
+            "checkpoint_uri": checkpoint_uri,
+            "chunk_records": prepared.output,
+            "split": counts,
+            "per_subset": rows,
+            "seconds": round(time.time() - started, 1),
+        }
+    )
+    return final

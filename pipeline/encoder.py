@@ -1,0 +1,404 @@
+"""SNE: set-based neural network encoder over packed chunk batches (pipeline.collate), plus a property head.
+
+Hierarchy (DESIGN.md, "SNE in one page"): chunk encoder (one vector per chunk) → layer encoder (one vector
+per layer; weights and biases pooled apart, then merged by a small set encoder) → network encoder (the
+embedding z of a checkpoint) → head. Every attention honours padding: padded elements, fully padded
+chunks and fully padded layers never change a real output. Shapes: B checkpoints, Lt layers in the batch,
+T chunks, C chunk size, E element size, D hidden width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+OUTPUTS = ("linear", "sigmoid")
+
+
+@dataclass
+class EncoderConfig:
+    hidden: int = 64  # D
+    heads: int = 4
+    inducing_points: int = 8  # m of the layer encoder's induced set attention
+    max_element_size: int = 49  # largest kernel the element projection accepts (7x7)
+    chunk_micro_batch: int = 2048  # chunks encoded at once; memory follows this, not the parameter count
+    checkpoint_chunks: bool = True  # recompute micro-batches in backward so training memory stays bounded
+    positional_encoding: bool = True  # layer-type + depth encodings; False is the paper's ablation
+    head_hidden: int = 64
+    output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden",
+            "heads",
+            "inducing_points",
+            "max_element_size",
+            "chunk_micro_batch",
+            "head_hidden",
+        ):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(
+                    f"EncoderConfig.{name} must be a positive integer, got {getattr(self, name)!r}"
+                )
+        if self.hidden % self.heads or self.hidden % 4:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads}) and of 4")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+
+
+def sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoidal encoding of integer positions (N,) → (N, dim)."""
+    freq = torch.exp(
+        torch.arange(0, dim, 2, device=position.device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    angle = position.float()[:, None] * freq  # (N, dim/2)
+    return torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(1)
+
+
+def _ff(dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+
+def micro_batched(
+    fn: Callable[..., torch.Tensor],
+    micro: int,
+    recompute: bool,
+    *rows: torch.Tensor,
+    shared: tuple[torch.Tensor | None, ...] = (),
+) -> torch.Tensor:
+    """fn over row slices of `rows` (all of length T), `micro` rows at a time, concatenated along dim 0.
+
+    With recompute, each slice runs under activation checkpointing, so backward memory follows the slice.
+    `shared` tensors are passed whole to every call.
+    """
+    if rows[0].shape[0] == 0:
+        return fn(*rows, *shared)
+    outs = []
+    for s in range(0, rows[0].shape[0], micro):
+        args = (*(r[s : s + micro] for r in rows), *shared)
+        outs.append(checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
+    return torch.cat(outs)
+
+
+class MultiHead(nn.Module):
+    """Multi-head attention of queries x (N, Q, D) over keys/values y (N, K, D) with a key mask (N, K)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        n, nq, d = x.shape
+        h = self.heads
+        q = self.q(x).view(n, nq, h, d // h).transpose(1, 2)  # (N, h, Q, dh)
+        k = self.k(y).view(n, -1, h, d // h).transpose(1, 2)  # (N, h, K, dh)
+        v = self.v(y).view(n, -1, h, d // h).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # (N, h, Q, K)
+        if key_mask is not None:
+            # A finite fill keeps fully padded sets finite (their rows are ignored downstream).
+            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        out = scores.softmax(-1) @ v  # (N, h, Q, dh)
+        return self.o(out.transpose(1, 2).reshape(n, nq, d))
+
+
+class MAB(nn.Module):
+    """MAB(X, Y) = LN(H + rFF(H)), H = LN(X + MultiHead(X, Y, Y))."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = MultiHead(dim, heads)
+        self.ff = _ff(dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.ln1(x + self.attn(x, y, key_mask))
+        return self.ln2(h + self.ff(h))
+
+
+class SAB(nn.Module):
+    """SAB(X) = MAB(X, X) over sets (N, K, D) with mask (N, K); permutation-equivariant."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.mab = MAB(dim, heads)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.mab(x, x, mask)
+
+
+class PMA(nn.Module):
+    """PMA(X) = MAB(S, rFF(X)) with one learned seed: sets (N, K, D) with mask (N, K) → (N, D)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        # A zero seed adds no input-independent offset before the LayerNorm, which at initialisation would
+        # swamp the differences between sets (measured: ~5x less spread per pooling level).
+        self.seed = nn.Parameter(torch.zeros(1, 1, dim))
+        self.ff = _ff(dim)
+        self.mab = MAB(dim, heads)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.mab(self.seed.expand(x.shape[0], -1, -1), self.ff(x), mask)[:, 0]
+
+
+class SegmentMultiHead(nn.Module):
+    """Shared queries (Q, D) attend, per segment, over packed elements x (T, D) → (S, Q, D).
+
+    Linear in T: scores are (T, Q, h) and the softmax runs per segment with scatter/index_add, so a layer
+    with many chunks costs no padding. Invalid elements are ignored; a segment without valid elements gets 0.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        x: torch.Tensor,
+        segment: torch.Tensor,
+        valid: torch.Tensor,
+        num_segments: int,
+        micro: int,
+    ) -> torch.Tensor:
+        nq, d = queries.shape
+        h, dh = self.heads, d // self.heads
+        q = self.q(queries).view(nq, h, dh)
+        k = self.k(x).view(-1, h, dh)  # (T, h, dh)
+        v = self.v(x).view(-1, h, dh)
+        scores = torch.einsum("qhd,thd->tqh", q, k) / math.sqrt(dh)  # (T, Q, h)
+        scores = scores.masked_fill(~valid[:, None, None], torch.finfo(scores.dtype).min)
+        # Softmax is shift-invariant, so the per-segment max needs no gradient.
+        peak = scores.new_full((num_segments, nq, h), torch.finfo(scores.dtype).min)
+        peak = peak.scatter_reduce(0, segment[:, None, None].expand_as(scores), scores.detach(), "amax")
+        weight = torch.exp(scores - peak[segment]) * valid[:, None, None]  # (T, Q, h); never overflows
+        denom = scores.new_zeros(num_segments, nq, h).index_add(0, segment, weight)
+        summed = scores.new_zeros(num_segments, nq, h, dh)
+        # The weighted values are (T, Q, h, dh): accumulate them a slice at a time to bound memory.
+        for s in range(0, x.shape[0], micro):
+            part = weight[s : s + micro, :, :, None] * v[s : s + micro, None]
+            summed = summed.index_add(0, segment[s : s + micro], part)
+        out = summed / denom.clamp_min(1e-30)[..., None]  # (S, Q, h, dh)
+        return self.o(out.reshape(num_segments, nq, d))
+
+
+class SegmentMAB(nn.Module):
+    """MAB(I, X) for learned queries I (Q, D) shared by every segment of packed x (T, D) → (S, Q, D)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attn = SegmentMultiHead(dim, heads)
+        self.ff = _ff(dim)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        x: torch.Tensor,
+        segment: torch.Tensor,
+        valid: torch.Tensor,
+        num_segments: int,
+        micro: int,
+    ) -> torch.Tensor:
+        h = self.ln1(queries + self.attn(queries, x, segment, valid, num_segments, micro))
+        return self.ln2(h + self.ff(h))
+
+
+class SegmentISAB(nn.Module):
+    """Induced set attention per segment: X' = MAB(X, MAB(I, X)), linear cost in the set size.
+
+    x (T, D) packed, segment (T,), valid (T,) → (T, D); rows are processed in micro-batches of `micro`.
+    """
+
+    def __init__(self, dim: int, heads: int, inducing_points: int) -> None:
+        super().__init__()
+        self.inducing = nn.Parameter(torch.randn(inducing_points, dim) / math.sqrt(dim))
+        self.induce = SegmentMAB(dim, heads)
+        self.back = MAB(dim, heads)
+
+    def _back(self, x: torch.Tensor, segment: torch.Tensor, induced: torch.Tensor) -> torch.Tensor:
+        return self.back(x[:, None], induced[segment])[
+            :, 0
+        ]  # each element attends to its segment's m vectors
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        segment: torch.Tensor,
+        valid: torch.Tensor,
+        num_segments: int,
+        micro: int,
+        recompute: bool,
+    ) -> torch.Tensor:
+        induced = self.induce(self.inducing, x, segment, valid, num_segments, micro)  # (S, m, D)
+        return micro_batched(self._back, micro, recompute, x, segment, shared=(induced,))
+
+
+class SegmentPMA(nn.Module):
+    """PMA over the valid elements of each segment: x (T, D) → (S, D)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.seed = nn.Parameter(torch.zeros(1, dim))  # zero for the same reason as PMA's
+        self.ff = _ff(dim)
+        self.mab = SegmentMAB(dim, heads)
+
+    def forward(
+        self, x: torch.Tensor, segment: torch.Tensor, valid: torch.Tensor, num_segments: int, micro: int
+    ) -> torch.Tensor:
+        return self.mab(self.seed, self.ff(x), segment, valid, num_segments, micro)[:, 0]
+
+
+class ChunkEncoder(nn.Module):
+    """One chunk (C elements of up to max_element_size scalars) → one vector.
+
+    project (a 2-layer MLP per element) → SAB → SAB → + layer-type and depth encodings → SAB → PMA.
+    """
+
+    def __init__(self, cfg: EncoderConfig, max_element_size: int) -> None:
+        super().__init__()
+        self.max_element_size = max_element_size
+        # Element projection Linear → GELU → Linear, initialised as random features with kinks spread over
+        # the typical range of (fan-in normalised) weights: a homogeneous projection would let the first
+        # LayerNorm divide out each element's magnitude, and weight scale is much of what tells checkpoints
+        # apart (measured: ~10x more spread between checkpoints' embeddings at initialisation).
+        self.project = nn.Linear(max_element_size, cfg.hidden)
+        nn.init.normal_(self.project.weight)
+        nn.init.uniform_(self.project.bias, -2.0, 2.0)
+        self.project_out = nn.Linear(cfg.hidden, cfg.hidden)
+        self.sab1, self.sab2, self.sab3 = (SAB(cfg.hidden, cfg.heads) for _ in range(3))
+        self.pma = PMA(cfg.hidden, cfg.heads)
+
+    def forward(
+        self,
+        chunks: torch.Tensor,
+        mask: torch.Tensor,
+        layer: torch.Tensor,
+        layer_element_size: torch.Tensor,
+        layer_position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """chunks (N, C, E), mask (N, C), layer (N,) indexing the (Lt,) element sizes and (Lt, D) positions.
+
+        Returns (N, D). layer_position None leaves out the layer-type and depth encodings.
+        """
+        e = chunks.shape[-1]
+        if e > self.max_element_size:
+            raise ValueError(
+                f"element size {e} exceeds EncoderConfig.max_element_size={self.max_element_size}"
+            )
+        # Zero-padded element entries add nothing, so the first e input columns are the whole projection;
+        # 1/sqrt(element size) keeps a k*k kernel on the scale of a scalar weight.
+        scale = layer_element_size[layer].to(chunks.dtype).rsqrt()[:, None, None]
+        x = F.linear(chunks, self.project.weight[:, :e]) * scale + self.project.bias  # (N, C, D)
+        x = self.project_out(F.gelu(x))
+        x = self.sab2(self.sab1(x, mask), mask)
+        if layer_position is not None:
+            x = x + layer_position[layer][:, None, :]
+        return self.pma(self.sab3(x, mask), mask)
+
+
+class LayerPool(nn.Module):
+    """Chunk vectors (T, D) of each layer → one vector per layer (Lt, D): ISAB → +depth → PMA."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.isab = SegmentISAB(cfg.hidden, cfg.heads, cfg.inducing_points)
+        self.pma = SegmentPMA(cfg.hidden, cfg.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer: torch.Tensor,
+        valid: torch.Tensor,
+        depth: torch.Tensor | None,
+        num_layers: int,
+        micro: int,
+        recompute: bool,
+    ) -> torch.Tensor:
+        x = self.isab(x, layer, valid, num_layers, micro, recompute)
+        if depth is not None:
+            x = x + 0
+        return self.pma(x, layer, valid, num_layers, micro)
+
+
+class SNE(nn.Module):
+    """Set-based neural network encoder + property head over a packed batch from collate_chunk_records."""
+
+    def __init__(self, cfg: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or EncoderConfig()
+        d = cfg.hidden
+        self.weight_chunks = ChunkEncoder(cfg, cfg.max_element_size)
+        self.bias_chunks = ChunkEncoder(cfg, 1)
+        self.weight_layers = LayerPool(cfg)
+        self.bias_layers = LayerPool(cfg)
+        self.merge_sab, self.merge_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
+        self.network_sab, self.network_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
+        self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Embeddings z (B, D) of the checkpoints in a packed batch."""
+        cfg = self.cfg
+        kind, depth, owner = batch["layer_kind"], batch["layer_depth"], batch["layer_checkpoint"]
+        num_layers = kind.shape[0]
+        num_checkpoints = int(owner.max()) + 1
+        micro = cfg.chunk_micro_batch
+        recompute = cfg.checkpoint_chunks and self.training and torch.is_grad_enabled()
+        if cfg.positional_encoding:
+            half = cfg.hidden // 2
+            layer_type = torch.cat((sinusoid(kind, half), sinusoid(batch["layer_element_size"], half)), dim=1)
+            depth_code = sinusoid(depth, cfg.hidden)  # (Lt, D)
+            chunk_position = layer_type + depth_code
+        else:
+            depth_code = chunk_position = None
+
+        layer_vectors = []
+        for encoder, pool, prefix in (
+            (self.weight_chunks, self.weight_layers, "weight"),
+            (self.bias_chunks, self.bias_layers, "bias"),
+        ):
+            chunks, mask, layer = batch[f"{prefix}_chunks"], batch[f"{prefix}_mask"], batch[f"{prefix}_layer"]
+            # Bias elements are scalars whatever the layer's kernel size.
+            sizes = batch["layer_element_size"] if prefix == "weight" else torch.ones_like(kind)
+            shared = (sizes, chunk_position)
+            vectors = micro_batched(encoder, micro, recompute, chunks, mask, layer, shared=shared)  # (T, D)
+            valid = mask.any(dim=1)  # fully padded chunks are not set members
+            pooled = pool(vectors, layer, valid, depth_code, num_layers, micro, recompute)  # (Lt, D)
+            present = torch.zeros(num_layers, dtype=torch.bool, device=kind.device).index_put(
+                (layer[valid],), torch.ones_like(layer[valid], dtype=torch.bool)
+            )
+            layer_vectors.append((pooled, present))
+
+        # Weights and biases of a layer form a set of up to two members, merged by their own set encoder.
+        members = torch.stack([v for v, _ in layer_vectors], dim=1)  # (Lt, 2, D)
+        member_mask = torch.stack([p for _, p in layer_vectors], dim=1)  # (Lt, 2)
+        layers = self.merge_pma(self.merge_sab(members, member_mask), member_mask)  # (Lt, D)
+        layer_valid = member_mask[:, 0]  # a layer without real weights is padding
+        if depth_code is not None:
+            layers = layers + depth_code
+
+        # Scatter the layers of each checkpoint into a dense (B, Lmax, D) set; checkpoints have few layers.
+        order = torch.argsort(owner, stable=True)
+        counts = torch.bincount(owner, minlength=num_checkpoints)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(owner)
+        slot[order] = torch.arange(num_layers, device=owner.device) - starts[owner[order]]
+        dense = layers.new_zeros(num_checkpoints, int(counts.max()), cfg.hidden)
+        dense = dense.index_put((owner, slot), layers)
+        dense_mask = torch.zeros(dense.shape[:2], dtype=torch.bool, device=owner.device)
+        dense_mask = dense_mask.index_put((owner, slot), layer_valid)
+        return self.network_pma(self.network_sab(dense, dense_mask), dense_mask)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Predicted property (B,) for a packed batch."""
+        out = self.head(self.embed(batch))[:, 0]
+        return torch.sigmoid(out) if self.cfg.output == "sigmoid" else out

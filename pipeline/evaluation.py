@@ -1,0 +1,80 @@
+"""Metrics of predicted vs true property values, overall and per subset, and the scatter plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Kendall τ (the peers' headline metric), R², MSE and count; NaN where undefined."""
+    from scipy.stats import kendalltau
+
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    n = len(pred)
+    if n < 2:
+        return {
+            "kendall_tau": math.nan,
+            "r2": math.nan,
+            "mse": float(np.mean((pred - true) ** 2)) if n else math.nan,
+            "n": n,
+        }
+    tau = kendalltau(pred, true).statistic
+    ss_res = float(np.sum((true - pred) ** 2))
+    ss_tot = float(np.sum((true - true.mean()) ** 2))
+    return {
+        "kendall_tau": float(tau) if tau == tau else math.nan,
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan,
+        "mse": ss_res / n,
+        "n": n,
+    }
+
+
+def subset_metrics(
+    pred: np.ndarray, true: np.ndarray, families: Sequence[str], datasets: Sequence[str]
+) -> list[dict]:
+    """One row per subset: overall, each dataset, each family (rows with n < 2 have NaN τ)."""
+    rows = [{"subset": "all", **regression_metrics(pred, true)}]
+    for label, keys in (("dataset", datasets), ("family", families)):
+        keys = np.asarray(keys)
+        for k in sorted(set(keys.tolist())):
+            m = keys == k
+            rows.append({"subset": f"{label}={k}", **regression_metrics(pred[m], true[m])})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'subset':<28} {'n':>6} {'kendall_tau':>12} {'r2':>8} {'mse':>10}"]
+    for r in rows:
+        lines.append(
+            f"{r['subset']:<28} {r['n']:>6} {r['kendall_tau']:>12.3f} {r['r2']:>8.3f} {r['mse']:>10.5f}"
+        )
+    return "\n".join(lines)
+
+
+def scatter_plot(pred: np.ndarray, true: np.ndarray, groups: Sequence[str], path: str, title: str) -> str:
+    """Predicted vs true, coloured by group (family), diagonal for reference; writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    groups = np.asarray(groups)
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        ax.scatter(true[m], pred[m], s=10, alpha=0.7, label=f"{g} ({int(m.sum())})")
+    lo = float(min(np.min(true), np.min(pred)))
+    hi = float(max(np.max(true), np.max(pred)))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

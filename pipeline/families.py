@@ -1,0 +1,359 @@
+"""Network families of a zoo: architecture sampling, building the nn.Module, Checkpoint ↔ module.
+
+An architecture is a JSON object ``{"family", "input_shape", "ops"}`` where ``ops`` is the list of
+operations in computation order, for example ``{"op": "conv2d", "in": 1, "out": 16, "kernel": 3,
+"stride": 2, "padding": 0}``, ``{"op": "relu"}``, ``{"op": "maxpool2d", "kernel": 2}``, ``{"op": "gap"}``,
+``{"op": "flatten"}``, ``{"op": "linear", "in": 36, "out": 20}``. Checkpoints store it as a JSON string
+in ``hyperparameters["architecture"]``.
+
+The family contract (the logit-invariance loss relies on it): a built module is a plain sequence of
+conv / linear layers with only channel-wise operations between them (activations, max pooling,
+dropout, global average pooling, flatten). So permuting the output units of a hidden layer (weight
+rows and bias) together with the matching input units of the next layer preserves the function.
+When a conv layer is followed by flatten and a linear layer, the linear layer's inputs are grouped
+per channel: input column ``c * S + s`` belongs to channel ``c`` (S = flattened spatial size).
+
+Modules are ``nn.Sequential`` with two parts, ``features`` (everything before the first linear layer)
+and ``classifier``, so layer names read ``features.0``, ``classifier.2``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.zoo.checkpoint import Checkpoint, Layer
+
+FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "siren")
+CLASSIFIER_FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn")
+ACTIVATIONS = ("relu", "tanh", "gelu")
+INITIALIZATIONS = ("default", "xavier_normal", "kaiming_normal", "orthogonal", "normal")
+SIREN_W0 = 30.0
+# The varied CNN family is capped in multiply-accumulates per input so every member trains in seconds.
+MAX_CNN_MACS = 200_000
+
+_WEIGHTED_OPS = {"conv1d": "conv1d", "conv2d": "conv2d", "linear": "linear"}
+_MODULE_KINDS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
+
+
+class Sine(nn.Module):
+    """SIREN activation: sin(w0 · x), elementwise."""
+
+    def __init__(self, w0: float) -> None:
+        super().__init__()
+        self.w0 = w0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.w0 * x)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}"
+
+
+class GlobalAvgPool(nn.Module):
+    """(B, C, *spatial) → (B, C): mean over all spatial positions."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).mean(dim=-1)
+
+
+def datasets_for(family: str) -> tuple[str, ...]:
+    """The datasets a family trains on (all image datasets share one input format)."""
+    from pipeline.datasets import DATASETS, IMAGE_DATASETS
+
+    if family in ("smallcnn", "cnn-s"):
+        return IMAGE_DATASETS
+    if family in ("mlp", "cnn"):
+        return DATASETS
+    if family == "siren":
+        return ("sine",)
+    raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def input_shape_for(family: str, dataset: str) -> tuple[int, ...]:
+    """Input shape (without batch) a family expects on a dataset."""
+    from pipeline.datasets import IMAGE_SIZE
+
+    if dataset not in datasets_for(family):
+        raise ValueError(f"family {family!r} does not train on dataset {dataset!r}")
+    if family == "siren":
+        return (1,)
+    if dataset == "mnist1d":
+        return (1, 40)
+    return (1, 28, 28) if family == "cnn-s" else (1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def smallcnn_architecture(
+    activation: str = "relu", dropout: float = 0.0, input_shape: tuple[int, ...] = (1, 16, 16)
+) -> dict[str, Any]:
+    """Small CNN Zoo: three 3×3 stride-2 'valid' convs of 16 filters, global average pooling, dense 10."""
+    ops: list[dict[str, Any]] = []
+    channels = input_shape[0]
+    for _ in range(3):
+        ops += [_conv("conv2d", channels, 16, 3, stride=2, padding=0), {"op": activation}]
+        ops += _dropout(dropout)
+        channels = 16
+    ops += [{"op": "gap"}, {"op": "linear", "in": 16, "out": 10}]
+    return {"family": "smallcnn", "input_shape": list(input_shape), "ops": ops}
+
+
+def cnn_s_architecture(activation: str = "relu", dropout: float = 0.0, channels: int = 1) -> dict[str, Any]:
+    """Model Zoos CNN-s on 28×28: conv5 c→8, pool, conv5 8→6, pool, conv2 6→4, flatten 36, 36→20→10."""
+    ops: list[dict[str, Any]] = [
+        _conv("conv2d", channels, 8, 5),
+        {"op": "maxpool2d", "kernel": 2},
+        {"op": activation},
+        *_dropout(dropout),
+        _conv("conv2d", 8, 6, 5),
+        {"op": "maxpool2d", "kernel": 2},
+        {"op": activation},
+        *_dropout(dropout),
+        _conv("conv2d", 6, 4, 2),
+        {"op": activation},
+        *_dropout(dropout),
+        {"op": "flatten"},
+        {"op": "linear", "in": 36, "out": 20},
+        {"op": activation},
+        *_dropout(dropout),
+        {"op": "linear", "in": 20, "out": 10},
+    ]
+    return {"family": "cnn-s", "input_shape": [channels, 28, 28], "ops": ops}
+
+
+def siren_architecture(hidden: int = 32, w0: float = SIREN_W0) -> dict[str, Any]:
+    """The paper's INR: 1 → hidden → hidden → 1 with sine activations."""
+    ops = [
+        {"op": "linear", "in": 1, "out": hidden},
+        {"op": "sine", "w0": w0},
+        {"op": "linear", "in": hidden, "out": hidden},
+        {"op": "sine", "w0": w0},
+        {"op": "linear", "in": hidden, "out": 1},
+    ]
+    return {"family": "siren", "input_shape": [1], "ops": ops}
+
+
+def sample_architecture(
+    family: str, dataset: str, rng: np.random.Generator, activation: str = "relu", dropout: float = 0.0
+) -> dict[str, Any]:
+    """An architecture of ``family`` for ``dataset``; the varied families draw their shape from ``rng``."""
+    shape = input_shape_for(family, dataset)
+    if family == "smallcnn":
+        return smallcnn_architecture(activation, dropout, shape)
+    if family == "cnn-s":
+        return cnn_s_architecture(activation, dropout, shape[0])
+    if family == "siren":
+        return siren_architecture()
+    if family == "mlp":
+        return _sample_mlp(shape, rng, activation, dropout)
+    return _sample_cnn(shape, rng, activation, dropout)
+
+
+def _conv(op: str, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> dict[str, Any]:
+    return {"op": op, "in": cin, "out": cout, "kernel": kernel, "stride": stride, "padding": padding}
+
+
+def _dropout(p: float) -> list[dict[str, Any]]:
+    return [{"op": "dropout", "p": float(p)}] if p > 0 else []
+
+
+def _sample_mlp(
+    shape: tuple[int, ...], rng: np.random.Generator, activation: str, dropout: float
+) -> dict[str, Any]:
+    widths = [int(w) for w in rng.choice([8, 16, 24, 32, 48, 64], size=int(rng.integers(1, 5)))]
+    ops: list[dict[str, Any]] = [{"op": "flatten"}]
+    fan_in = math.prod(shape)
+    for width in widths:
+        ops += [{"op": "linear", "in": fan_in, "out": width}, {"op": activation}, *_dropout(dropout)]
+        fan_in = width
+    ops.append({"op": "linear", "in": fan_in, "out": 10})
+    return {"family": "mlp", "input_shape": list(shape), "ops": ops}
+
+
+def _sample_cnn(
+    shape: tuple[int, ...], rng: np.random.Generator, activation: str, dropout: float
+) -> dict[str, Any]:
+    """2–5 'same' convs of 4–32 channels, kernels 1/3/5/7, max pooling, GAP or flatten, 1–2 linear layers.
+
+    Draws again until the network fits :data:`MAX_CNN_MACS`, so the result still depends only on ``rng``.
+    """
+    conv, pool = ("conv1d", "maxpool1d") if len(shape) == 2 else ("conv2d", "maxpool2d")
+    while True:
+        ops: list[dict[str, Any]] = []
+        channels, size, macs = shape[0], shape[1], 0
+        for _ in range(int(rng.integers(2, 6))):
+            out, kernel = int(rng.choice([4, 8, 12, 16, 24, 32])), int(rng.choice([1, 3, 5, 7]))
+            ops += [_conv(conv, channels, out, kernel, padding=kernel // 2), {"op": activation}]
+            macs += channels * out * kernel ** (len(shape) - 1) * size ** (len(shape) - 1)
+            channels = out
+            if size >= 4 and rng.random() < 0.6:
+                ops.append({"op": pool, "kernel": 2})
+                size //= 2
+            ops += _dropout(dropout)
+        flat = channels * size ** (len(shape) - 1)
+        if flat <= 256 and rng.random() < 0.5:
+            ops.append({"op": "flatten"})
+        else:
+            ops.append({"op": "gap"})
+            flat = channels
+        if rng.random() < 0.5:
+            hidden = int(rng.choice([16, 32, 64]))
+            ops += [{"op": "linear", "in": flat, "out": hidden}, {"op": activation}, *_dropout(dropout)]
+            flat = hidden
+        ops.append({"op": "linear", "in": flat, "out": 10})
+        if macs <= MAX_CNN_MACS:
+            return {"family": "cnn", "input_shape": list(shape), "ops": ops}
+
+
+def _as_dict(architecture: str | dict[str, Any]) -> dict[str, Any]:
+    return json.loads(architecture) if isinstance(architecture, str) else architecture
+
+
+def _module_for_op(spec: dict[str, Any]) -> nn.Module:
+    op = spec["op"]
+    if op == "conv2d":
+        return nn.Conv2d(spec["in"], spec["out"], spec["kernel"], spec["stride"], spec["padding"])
+    if op == "conv1d":
+        return nn.Conv1d(spec["in"], spec["out"], spec["kernel"], spec["stride"], spec["padding"])
+    if op == "linear":
+        return nn.Linear(spec["in"], spec["out"])
+    simple = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "gap": GlobalAvgPool, "flatten": nn.Flatten}
+    if op in simple:
+        return simple[op]()
+    if op == "sine":
+        return Sine(float(spec["w0"]))
+    if op == "dropout":
+        return nn.Dropout(float(spec["p"]))
+    if op == "maxpool2d":
+        return nn.MaxPool2d(spec["kernel"])
+    if op == "maxpool1d":
+        return nn.MaxPool1d(spec["kernel"])
+    raise ValueError(f"unknown op {op!r} in architecture")
+
+
+def build_module(architecture: str | dict[str, Any]) -> nn.Sequential:
+    """The nn.Module an architecture (dict or its JSON string) describes, freshly initialised by torch."""
+    arch = _as_dict(architecture)
+    ops = arch["ops"]
+    first_linear = next((i for i, spec in enumerate(ops) if spec["op"] == "linear"), len(ops))
+    parts = OrderedDict()
+    if first_linear > 0:
+        parts["features"] = nn.Sequential(*[_module_for_op(spec) for spec in ops[:first_linear]])
+    parts["classifier"] = nn.Sequential(*[_module_for_op(spec) for spec in ops[first_linear:]])
+    return nn.Sequential(parts)
+
+
+def architecture_json(architecture: dict[str, Any]) -> str:
+    """The canonical JSON string stored in ``hyperparameters["architecture"]``."""
+    return json.dumps(architecture, sort_keys=True, separators=(",", ":"))
+
+
+def weighted_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) for every conv / linear layer, in computation order."""
+    return [(name, m) for name, m in module.named_modules() if type(m) in _MODULE_KINDS]
+
+
+def initialize(module: nn.Module, scheme: str, std: float = 0.05) -> None:
+    """Re-initialise weights in place from torch's global RNG; biases start at zero except for 'default'.
+
+    ``scheme`` is one of :data:`INITIALIZATIONS` ('default' keeps torch's own initialisation) or 'siren'.
+    """
+    if scheme not in (*INITIALIZATIONS, "siren"):
+        raise ValueError(f"unknown initialisation {scheme!r}; known: {', '.join(INITIALIZATIONS)}, siren")
+    if scheme == "default":
+        return
+    layers = [layer for _, layer in weighted_layers(module)]
+    with torch.no_grad():
+        for index, layer in enumerate(layers):
+            weight = layer.weight
+            if scheme == "siren":
+                # Sitzmann et al. 2020: first layer U(±1/fan_in); later ones U(±sqrt(6/fan_in)/w0).
+                fan_in = weight.shape[1]
+                bound = 1.0 / fan_in if index == 0 else math.sqrt(6.0 / fan_in) / SIREN_W0
+                weight.uniform_(-bound, bound)
+                layer.bias.uniform_(-bound, bound)
+                continue
+            if scheme == "xavier_normal":
+                nn.init.xavier_normal_(weight)
+            elif scheme == "kaiming_normal":
+                nn.init.kaiming_normal_(weight, nonlinearity="relu")
+            elif scheme == "orthogonal":
+                nn.init.orthogonal_(weight)
+            else:
+                nn.init.normal_(weight, std=std)
+            layer.bias.zero_()
+
+
+def layers_from_module(module: nn.Module) -> list[Layer]:
+    """The module's conv / linear layers as checkpoint layers (float32 copies, PyTorch layout)."""
+    out = []
+    for name, layer in weighted_layers(module):
+        bias = None if layer.bias is None else layer.bias.detach().cpu().numpy().astype(np.float32).copy()
+        weight = layer.weight.detach().cpu().numpy().astype(np.float32).copy()
+        out.append(Layer(name, _MODULE_KINDS[type(layer)], weight, bias))
+    return out
+
+
+def checkpoint_from_module(
+    module: nn.Module,
+    *,
+    id: str,
+    family: str,
+    dataset: str,
+    architecture: str | dict[str, Any],
+    properties: dict[str, float] | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """A Checkpoint holding the module's weights; the architecture JSON goes in hyperparameters."""
+    arch = architecture if isinstance(architecture, str) else architecture_json(architecture)
+    hyper = {**(hyperparameters or {}), "architecture": arch}
+    return Checkpoint(id, family, dataset, layers_from_module(module), dict(properties or {}), hyper)
+
+
+def load_checkpoint_into(module: nn.Module, checkpoint: Checkpoint) -> None:
+    """Copy a checkpoint's weights into a module of the same architecture (in place).
+
+    Raises ValueError naming the first layer whose name, kind or shape does not match.
+    """
+    targets = dict(weighted_layers(module))
+    names = [layer.name for layer in checkpoint.layers]
+    if sorted(names) != sorted(targets):
+        raise ValueError(f"checkpoint {checkpoint.id!r} has layers {names}, the module has {list(targets)}")
+    with torch.no_grad():
+        for layer in checkpoint.layers:
+            target = targets[layer.name]
+            kind = _MODULE_KINDS[type(target)]
+            if layer.kind != kind:
+                raise ValueError(
+                    f"layer {layer.name!r}: checkpoint kind {layer.kind!r}, module kind {kind!r}"
+                )
+            if tuple(layer.weight.shape) != tuple(target.weight.shape):
+                raise ValueError(
+                    f"layer {layer.name!r}: checkpoint weight shape {tuple(layer.weight.shape)}, "
+                    f"module expects {tuple(target.weight.shape)}"
+                )
+            target.weight.copy_(torch.from_numpy(np.asarray(layer.weight, dtype=np.float32)))
+            if (layer.bias is None) != (target.bias is None):
+                raise ValueError(f"layer {layer.name!r}: bias present in only one of checkpoint and module")
+            if layer.bias is not None:
+                if tuple(layer.bias.shape) != tuple(target.bias.shape):
+                    raise ValueError(
+                        f"layer {layer.name!r}: checkpoint bias shape {tuple(layer.bias.shape)}, "
+                        f"module expects {tuple(target.bias.shape)}"
+                    )
+                target.bias.copy_(torch.from_numpy(np.asarray(layer.bias, dtype=np.float32)))
+
+
+def module_from_checkpoint(checkpoint: Checkpoint) -> nn.Sequential:
+    """Rebuild the network a checkpoint came from (needs ``hyperparameters["architecture"]``), in eval mode."""
+    architecture = checkpoint.hyperparameters.get("architecture")
+    if not architecture:
+        raise ValueError(f"checkpoint {checkpoint.id!r} carries no 'architecture' hyperparameter")
+    module = build_module(architecture)
+    load_checkpoint_into(module, checkpoint)
+    return module.eval()

@@ -1,0 +1,87 @@
+"""Which checkpoints train, validate and test, for each task.
+
+- random: the peers' protocol: half of the zoo is test; the rest is split 80/20 train/val.
+- cross-dataset: train/val from ``train_datasets`` (80/20), test on ``test_datasets``.
+- cross-architecture: train/val from ``train_families`` (80/20), test on ``test_families``.
+Assignments depend only on the ids and the seed, so every worker and every rerun agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def _shuffled(ids: list[str], seed: int) -> list[str]:
+    # Sort first: the order ids arrive in (file listing, Ray block order) must not matter.
+    ordered = sorted(ids)
+    rng = np.random.default_rng(seed)
+    return [ordered[i] for i in rng.permutation(len(ordered))]
+
+
+def _train_val(ids: list[str], seed: int, val_fraction: float = 0.2) -> dict[str, str]:
+    shuffled = _shuffled(ids, seed)
+    n_val = int(round(len(shuffled) * val_fraction))
+    return {i: ("val" if k < n_val else "train") for k, i in enumerate(shuffled)}
+
+
+def assign_splits(
+    ids: list[str],
+    families: list[str],
+    datasets: list[str],
+    task: str = "random",
+    *,
+    train_datasets: tuple[str, ...] = (),
+    test_datasets: tuple[str, ...] = (),
+    train_families: tuple[str, ...] = (),
+    test_families: tuple[str, ...] = (),
+    seed: int = 0,
+) -> dict[str, str]:
+    """``{id: "train"|"val"|"test"}``; checkpoints outside a cross task's groups are left out.
+
+    Raises ValueError when a split would be empty or a named dataset/family does not exist.
+    """
+    if len(set(ids)) != len(ids):
+        raise ValueError("checkpoint ids must be unique")
+    if task == "random":
+        shuffled = _shuffled(ids, seed)
+        n_test = len(shuffled) // 2
+        out = {i: "test" for i in shuffled[:n_test]}
+        out.update(_train_val(shuffled[n_test:], seed + 1))
+    elif task in ("cross-dataset", "cross-architecture"):
+        keys, train_keys, test_keys, what = (
+            (datasets, train_datasets, test_datasets, "dataset")
+            if task == "cross-dataset"
+            else (families, train_families, test_families, "family")
+        )
+        present = set(keys)
+        missing = sorted((set(train_keys) | set(test_keys)) - present)
+        if missing:
+            raise ValueError(
+                f"no checkpoints of {what} {', '.join(missing)}; the zoo has {', '.join(sorted(present))}"
+            )
+        overlap = sorted(set(train_keys) & set(test_keys))
+        if overlap:
+            raise ValueError(f"{what} {', '.join(overlap)} is in both the train and the test side")
+        out = _train_val([i for i, k in zip(ids, keys, strict=True) if k in train_keys], seed)
+        out.update({i: "test" for i, k in zip(ids, keys, strict=True) if k in test_keys})
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    counts = {s: sum(1 for v in out.values() if v == s) for s in SPLITS}
+    empty = [s for s in SPLITS if counts[s] == 0]
+    if empty:
+        raise ValueError(
+            f"split(s) {', '.join(empty)} would be empty ({counts}); the zoo is too small for this task"
+        )
+    return out
+
+
+def split_fingerprint(assignment: dict[str, str]) -> str:
+    """Short hash of an assignment: logged so two runs can be checked to share a split."""
+    h = hashlib.sha256()
+    for i in sorted(assignment):
+        h.update(f"{i}={assignment[i]};".encode())
+    return h.hexdigest()[:12]

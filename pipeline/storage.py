@@ -1,0 +1,70 @@
+"""One way to reach storage: every path is a URI (``s3://bucket/prefix`` or a local path).
+
+S3 settings come from the standard AWS environment. ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
+point at S3-compatible stores (MinIO, the moto server in tests). Credentials are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import fsspec
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint override from the environment, if any."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URI. Local paths are made absolute."""
+    if uri.startswith("s3://"):
+        import s3fs
+
+        endpoint = s3_endpoint()
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+        return fs, uri[len("s3://") :].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs, path
+    path = os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
+    return fsspec.filesystem("file"), path
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join URI parts with '/', keeping the scheme. Local paths are made absolute."""
+    if is_remote(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
+    base = os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
+    return os.path.join(base, *parts)
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Inverse of :func:`filesystem`: a URI for a path inside ``fs``."""
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if protocol in ("file", "local"):
+        return path
+    return f"{'s3' if protocol in ('s3', 's3a') else protocol}://{path}"
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write a whole object so that readers never see a partial one.
+
+    S3 PUTs are atomic already; on a local disk write a temporary file and rename it.
+    """
+    fs, path = filesystem(uri)
+    parent = posixpath.dirname(path) if is_remote(uri) else os.path.dirname(path)
+    fs.makedirs(parent, exist_ok=True)
+    if is_remote(uri):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

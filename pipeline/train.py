@@ -1,0 +1,207 @@
+"""Training SNE: the train step (pure torch) and the Ray Train per-worker loop.
+
+The per-worker loop reads its shard of the train chunk records, the full val set (small), logs
+per-epoch metrics to MLflow from rank 0, reports a checkpoint every epoch (so a restarted worker
+group or a rerun with the same run name resumes), and returns the best encoder's test
+predictions from rank 0 (``Result.return_value``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.collate import collate_chunk_records, records_from_batch
+from pipeline.config import TrainConfig, from_dict
+from pipeline.encoder import SNE, EncoderConfig
+from pipeline.evaluation import regression_metrics
+from pipeline.invariance import logit_invariance_loss, permute_record
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class TargetScaler:
+    """Standardises the property for MSE (train mean/std); BCE trains on the raw [0, 1] value."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def encode(self, y: torch.Tensor) -> torch.Tensor:
+        return (y - self.mean) / self.std
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.std + self.mean
+
+
+def encoder_config(config: TrainConfig) -> EncoderConfig:
+    return EncoderConfig(
+        hidden=config.hidden,
+        heads=config.heads,
+        inducing_points=config.inducing_points,
+        chunk_micro_batch=config.chunk_micro_batch,
+        positional_encoding=config.positional_encoding,
+        output="linear",
+    )
+
+
+def build_encoder(config: TrainConfig) -> SNE:
+    torch.manual_seed(config.seed)
+    return SNE(encoder_config(config))
+
+
+def predict_property(encoder: torch.nn.Module, batch: dict, loss: str, scaler: TargetScaler) -> torch.Tensor:
+    """(B,) property predictions on the property's own scale."""
+    out = encoder(batch)
+    return torch.sigmoid(out) if loss == "bce" else scaler.decode(out)
+
+
+def task_loss(raw: torch.Tensor, target: torch.Tensor, loss: str, scaler: TargetScaler) -> torch.Tensor:
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(raw, target.clamp(0.0, 1.0))
+    return F.mse_loss(raw, scaler.encode(target))
+
+
+def train_step(
+    encoder: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    records: list[dict],
+    config: TrainConfig,
+    scaler: TargetScaler,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """One optimisation step: task loss + λ · logit-invariance loss on a permuted copy of the batch.
+
+    The original and the permuted checkpoints go through the encoder in one forward pass, so DDP
+    sees a single forward per backward.
+    """
+    b = len(records)
+    lam = config.invariance_weight
+    batch_records = records + [permute_record(r, rng) for r in records] if lam > 0 else records
+    batch = collate_chunk_records(batch_records, config.property, config.normalize)
+    raw = encoder(batch)
+    loss_task = task_loss(raw[:b], batch["target"][:b], config.loss, scaler)
+    loss_inv = logit_invariance_loss(raw[:b], raw[b:]) if lam > 0 else torch.zeros(())
+    loss = loss_task + lam * loss_inv
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": float(loss), "task_loss": float(loss_task), "invariance_loss": float(loss_inv)}
+
+
+@torch.no_grad()
+def predict_records(
+    encoder: torch.nn.Module, batches, config: TrainConfig, scaler: TargetScaler
+) -> dict[str, list]:
+    """Predictions for every record in ``batches`` (an iterable of Ray numpy batches or record lists)."""
+    encoder.eval()
+    out: dict[str, list] = {"id": [], "family": [], "dataset": [], "prediction": [], "target": []}
+    for raw_batch in batches:
+        records = records_from_batch(raw_batch)
+        batch = collate_chunk_records(records, config.property, config.normalize)
+        pred = predict_property(encoder, batch, config.loss, scaler)
+        out["id"] += list(batch["ids"])
+        out["family"] += list(batch["families"])
+        out["dataset"] += list(batch["datasets"])
+        out["prediction"] += pred.tolist()
+        out["target"] += batch["target"].tolist()
+    encoder.train()
+    return out
+
+
+def _unwrap(encoder: torch.nn.Module) -> torch.nn.Module:
+    return encoder.module if hasattr(encoder, "module") else encoder
+
+
+def train_fn_per_worker(loop_config: dict) -> dict | None:
+    """Ray Train loop. ``loop_config``: {"config": TrainConfig dict, "target_mean", "target_std",
+    "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
+    import ray.train
+    import ray.train.torch
+
+    from pipeline import tracking
+    from pipeline.data import quiet_data_progress
+
+    quiet_data_progress()
+    config = from_dict(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    scaler = TargetScaler(loop_config["target_mean"], loop_config["target_std"])
+    encoder = build_encoder(config)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    start_epoch, best_tau, best_epoch, best_state = 0, -float("inf"), -1, None
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as d:
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=True)
+        encoder.load_state_dict(state["encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_tau, best_epoch = state["epoch"] + 1, state["best_val_tau"], state["best_epoch"]
+        best_state = state["best_encoder"]
+    encoder = ray.train.torch.prepare_model(encoder)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    rng = np.random.default_rng(config.seed * 1000 + rank)
+    for epoch in range(start_epoch, config.epochs):
+        losses = []
+        for raw_batch in train_shard.iter_batches(batch_size=config.batch_size, batch_format="numpy"):
+            losses.append(train_step(encoder, optimizer, records_from_batch(raw_batch), config, scaler, rng))
+        val = predict_records(
+            encoder, val_shard.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
+        )
+        val_metrics = regression_metrics(np.array(val["prediction"]), np.array(val["target"]))
+        tau = val_metrics["kendall_tau"]
+        tau_for_selection = tau if tau == tau else -float("inf")
+        if tau_for_selection > best_tau or best_state is None:
+            best_tau, best_epoch = tau_for_selection, epoch
+            best_state = {k: v.detach().clone() for k, v in _unwrap(encoder).state_dict().items()}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": float(np.mean([m["loss"] for m in losses])) if losses else float("nan"),
+            "train_task_loss": float(np.mean([m["task_loss"] for m in losses])) if losses else float("nan"),
+            "train_invariance_loss": float(np.mean([m["invariance_loss"] for m in losses]))
+            if losses
+            else float("nan"),
+            "val_kendall_tau": tau,
+            "val_r2": val_metrics["r2"],
+            "val_mse": val_metrics["mse"],
+            "best_val_kendall_tau": best_tau,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                torch.save(
+                    {
+                        "encoder": _unwrap(encoder).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "best_val_tau": best_tau,
+                        "best_epoch": best_epoch,
+                        "best_encoder": best_state,
+                    },
+                    os.path.join(d, CHECKPOINT_FILE),
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+                if loop_config.get("run_id"):
+                    tracking.log_metrics(
+                        loop_config["tracking_uri"], loop_config["run_id"], metrics, step=epoch
+                    )
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    if rank != 0:
+        return None
+    final = _unwrap(encoder)
+    final.load_state_dict(best_state)
+    return {
+        "best_epoch": best_epoch,
+        "best_val_kendall_tau": best_tau,
+        "encoder_state": {k: v.cpu().numpy() for k, v in best_state.items()},
+    }

@@ -1,0 +1,417 @@
+"""The Model Zoos layout (Schürholt et al. 2022): Ray Tune trial folders under a zoo folder.
+
+    <zoo>/config.json                          optional zoo-wide config (dataset name)
+    <zoo>/<trial>/params.json                  the trial config (model::*, optim::*, training::*, seed)
+    <zoo>/<trial>/result.json                  JSON lines, one per epoch (train_acc, test_acc, …, training_iteration)
+    <zoo>/<trial>/checkpoint_<N>/checkpoints   torch.save of a state dict: module_list.<i>.weight / .bias
+
+Checkpoint files are pickles: they are loaded only with ``torch.load(..., weights_only=True)``.
+A checkpoint's id is its trial folder name; the chosen epoch is in its hyperparameters ("epoch").
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from pipeline import storage
+from pipeline.zoo.checkpoint import (
+    INR_PROPERTIES,
+    Checkpoint,
+    Layer,
+    Rejection,
+    validate,
+    with_generalization_gap,
+)
+from pipeline.zoo.listing import ZooError, ZooListing, file_stamp, fingerprint, relative
+
+TRIALS_PER_PART = 64
+CHECKPOINT_FILE = re.compile(r"^checkpoint_(\d+)/checkpoints$")
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+STATE_KEY = re.compile(r"^(?P<layer>.+\.(?P<index>\d+))\.(?P<what>weight|bias)$")
+KIND_OF_NDIM = {2: "linear", 3: "conv1d", 4: "conv2d"}
+# result.json key → property name; accuracies may be percentages (detected per trial).
+RESULT_PROPERTIES = {
+    "train_acc": "train_accuracy",
+    "test_acc": "test_accuracy",
+    "val_acc": "val_accuracy",
+    "train_loss": "train_loss",
+    "test_loss": "test_loss",
+    "val_loss": "val_loss",
+    **{name: name for name in INR_PROPERTIES},
+}
+ACCURACY_KEYS = ("train_acc", "test_acc", "val_acc")
+# Layer shapes (PyTorch layout) of the published families; channels_in may be 1 or 3 for CNN-s.
+FAMILY_SPECS = {
+    "cnn-s": [
+        [(8, c, 5, 5), (8,), (6, 8, 5, 5), (6,), (4, 6, 2, 2), (4,), (20, 36), (20,), (10, 20), (10,)]
+        for c in (1, 3)
+    ],
+    "cnn-l": [
+        [(16, 3, 3, 3), (16,), (32, 16, 3, 3), (32,), (15, 32, 3, 3), (15,), (20, 60), (20,), (10, 20), (10,)]
+    ],
+}
+# Our hyperparameter names → the params.json keys Model Zoos uses (others go under training::).
+PARAM_KEYS = {
+    "lr": "optim::lr",
+    "learning_rate": "optim::lr",
+    "optimizer": "optim::optimizer",
+    "weight_decay": "optim::wd",
+    "wd": "optim::wd",
+    "batch_size": "training::batchsize",
+    "batchsize": "training::batchsize",
+    "epochs": "training::epochs_train",
+    "dropout": "model::dropout",
+    "init": "model::init_type",
+    "init_type": "model::init_type",
+    "activation": "model::nlin",
+    "nlin": "model::nlin",
+    "seed": "seed",
+}
+TRIAL_NAME = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _zoo_dataset(uri: str, fs, root: str) -> str:
+    """The zoo-wide dataset name: config.json's dataset::name, else its dataset::dump, else the folder name."""
+    config_path = posixpath.join(root, "config.json")
+    try:
+        config = json.loads(fs.cat_file(config_path))
+    except FileNotFoundError:
+        config = {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ZooError(f"{uri}: config.json is not valid JSON ({e})") from None
+    return _dataset_from(config) or posixpath.basename(root.rstrip("/"))
+
+
+def _dataset_from(config: dict) -> str | None:
+    if not isinstance(config, dict):
+        return None
+    if isinstance(config.get("dataset::name"), str):
+        return config["dataset::name"]
+    dump = config.get("dataset::dump")
+    if isinstance(dump, str) and dump:
+        stem = posixpath.splitext(posixpath.basename(dump.rstrip("/")))[0]
+        if stem != "dataset":
+            return stem
+        # The real zoos dump to ".../<dataset folder>/dataset.pt": the folder names the dataset.
+        return posixpath.basename(posixpath.dirname(dump.rstrip("/"))) or None
+    return None
+
+
+def list_zoo(uri: str, epoch: int | None = None) -> ZooListing:
+    """Parts of up to TRIALS_PER_PART trial folders; the epoch is chosen per trial here."""
+    fs, root = storage.filesystem(uri)
+    if not fs.exists(root):
+        raise ZooError(f"no zoo at {uri}: the path does not exist")
+    # withdirs: an empty checkpoint_<N>/ (its file lost) still shows which epoch was the last.
+    found = {relative(root, p): info for p, info in fs.find(root, withdirs=True, detail=True).items()}
+    files = {rel: info for rel, info in found.items() if info["type"] != "directory"}
+    trials: dict[str, dict] = {}
+    for rel, info in found.items():
+        if "/" not in rel:
+            continue  # zoo-level entries: config.json, dataset.pt, experiment state, the trial folders
+        trial, rest = rel.split("/", 1)
+        entry = trials.setdefault(trial, {"files": set(), "checkpoints": {}, "dirs": {}})
+        if info["type"] != "directory":
+            entry["files"].add(rest)
+        if m := CHECKPOINT_FILE.match(rest):
+            entry["checkpoints"][int(m.group(1))] = rest
+        in_folder = "/" in rest or info["type"] == "directory"
+        if in_folder and (m := CHECKPOINT_DIR.match(rest.split("/", 1)[0])):
+            entry["dirs"][int(m.group(1))] = m.group(0)
+    trials = {
+        name: t for name, t in trials.items() if t["dirs"] or t["files"] & {"params.json", "result.json"}
+    }
+    if not trials:
+        raise ZooError(
+            f"empty zoo: {uri} has no trial folders (holding params.json, result.json or checkpoint_<N>/)"
+        )
+    zoo_dataset = _zoo_dataset(uri, fs, root)
+    options = {"epoch": epoch}
+
+    entries = []
+    for name in sorted(trials):
+        t = trials[name]
+        # The latest checkpoint folder even when its file is missing: falling back to an older epoch
+        # would silently change what is read.
+        chosen = max(t["dirs"]) if epoch is None and t["dirs"] else epoch
+        entry = {"name": name, "epoch": chosen, "checkpoint": t["checkpoints"].get(chosen), "reason": None}
+        missing = [f for f in ("params.json", "result.json") if f not in t["files"]]
+        if missing:
+            entry["reason"] = f"missing {' and '.join(missing)}"
+        elif chosen is None:
+            entry["reason"] = "no checkpoint_<N>/ folder"
+        elif entry["checkpoint"] is None and chosen in t["dirs"]:
+            entry["reason"] = f"missing file {t['dirs'][chosen]}/checkpoints"
+        elif entry["checkpoint"] is None:
+            have = ", ".join(map(str, sorted(t["checkpoints"]))) or "none"
+            entry["reason"] = f"no checkpoint for epoch {chosen} (epochs with one: {have})"
+        entries.append(entry)
+
+    parts = [
+        {
+            "uri": uri,
+            "format": "modelzoos",
+            "options": options,
+            "zoo_dataset": zoo_dataset,
+            "trials": entries[i : i + TRIALS_PER_PART],
+            "ids": [e["name"] for e in entries[i : i + TRIALS_PER_PART]],
+        }
+        for i in range(0, len(entries), TRIALS_PER_PART)
+    ]
+    stamps = [(rel, int(info["size"]), file_stamp(info)) for rel, info in files.items()]
+    return ZooListing(
+        uri=uri,
+        format="modelzoos",
+        options=options,
+        parts=parts,
+        num_listed=len(entries),
+        fingerprint=fingerprint("modelzoos", options, stamps),
+    )
+
+
+def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
+    """One Checkpoint or Rejection per trial folder of the part."""
+    fs, root = storage.filesystem(part["uri"])
+    for trial in part["trials"]:
+        if trial["reason"]:
+            yield Rejection(trial["name"], trial["reason"])
+            continue
+        item = _read_trial(fs, root, trial, part["zoo_dataset"])
+        if isinstance(item, Checkpoint):
+            reason = validate(item)
+            if reason:
+                item = Rejection(item.id, reason)
+        yield item
+
+
+def _read_trial(fs, root: str, trial: dict, zoo_dataset: str) -> Checkpoint | Rejection:
+    name, epoch = trial["name"], trial["epoch"]
+    folder = posixpath.join(root, name)
+    try:
+        params = json.loads(fs.cat_file(posixpath.join(folder, "params.json")))
+        if not isinstance(params, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        return Rejection(name, "params.json is missing")
+    except (ValueError, UnicodeDecodeError) as e:
+        return Rejection(name, f"params.json is not valid JSON: {e}")
+    try:
+        result_text = fs.cat_file(posixpath.join(folder, "result.json")).decode()
+    except FileNotFoundError:
+        return Rejection(name, "result.json is missing")
+    except UnicodeDecodeError as e:
+        return Rejection(name, f"result.json is not text: {e}")
+    properties = _properties(result_text, epoch)
+    if isinstance(properties, str):
+        return Rejection(name, properties)
+
+    checkpoint_path = posixpath.join(folder, trial["checkpoint"])
+    try:
+        blob = fs.cat_file(checkpoint_path)
+    except FileNotFoundError:
+        return Rejection(name, f"{trial['checkpoint']} is missing")
+    state = _load_state_dict(blob, trial["checkpoint"])
+    if isinstance(state, str):
+        return Rejection(name, state)
+    layers = _layers(state)
+    if isinstance(layers, str):
+        return Rejection(name, f"{trial['checkpoint']}: {layers}")
+
+    hyperparameters = {k: _scalar(v) for k, v in params.items()}
+    hyperparameters["epoch"] = epoch
+    return Checkpoint(
+        id=name,
+        family=_family(layers, params),
+        dataset=_dataset_from(params) or zoo_dataset,
+        layers=layers,
+        properties=with_generalization_gap(properties),
+        hyperparameters=hyperparameters,
+    )
+
+
+def _scalar(value):
+    """Hyperparameters are JSON scalars: lists and objects become their JSON text."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value)
+
+
+def _properties(result_text: str, epoch: int) -> dict[str, float] | str:
+    """Properties from the result line of ``epoch``, or why there are none."""
+    lines, bad = [], 0
+    for raw in result_text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    chosen = [line for line in lines if line.get("training_iteration") == epoch]
+    if not chosen:
+        note = f" ({bad} unreadable line(s))" if bad else ""
+        return f"result.json has no line with training_iteration {epoch}{note}"
+    # One percentage anywhere in the trial means the trial records percentages.
+    percent = any(
+        isinstance(line.get(k), (int, float)) and line[k] > 1.0 for line in lines for k in ACCURACY_KEYS
+    )
+    out = {}
+    for key, prop in RESULT_PROPERTIES.items():
+        value = chosen[-1].get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[prop] = float(value) / (100.0 if percent and key in ACCURACY_KEYS else 1.0)
+    return out
+
+
+def _load_state_dict(blob: bytes, rel: str) -> dict[str, np.ndarray] | str:
+    """The state dict of a checkpoint file as float32 arrays, or why it cannot be used."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        return (
+            f"{rel} is not a plain tensor state dict: refused to unpickle it (torch.load weights_only=True "
+            f"blocks code execution): {_first_line(e)}"
+        )
+    except Exception as e:  # truncated zip, bad magic, …: torch raises several types
+        return f"{rel} is corrupt or truncated: {type(e).__name__}: {_first_line(e)}"
+    if isinstance(obj, dict):
+        for key in ("model_state_dict", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        return f"{rel} holds a {type(obj).__name__}, not a state dict"
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            return f"{rel}: entry {key!r} is a {type(value).__name__}, not a tensor"
+        out[str(key)] = value.detach().to(torch.float32).numpy()
+    return out
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _layers(state: dict[str, np.ndarray]) -> list[Layer] | str:
+    """Layers ordered by module index, weight and bias paired by prefix (indices may have gaps)."""
+    grouped: dict[str, dict] = {}
+    unknown = []
+    for key, arr in state.items():
+        m = STATE_KEY.match(key)
+        if not m:
+            unknown.append(key)
+            continue
+        grouped.setdefault(m.group("layer"), {"index": int(m.group("index"))})[m.group("what")] = arr
+    if unknown:
+        return f"unsupported state-dict entries {', '.join(sorted(unknown)[:5])}"
+    if not grouped:
+        return "empty state dict"
+    layers = []
+    for layer_name, g in sorted(grouped.items(), key=lambda kv: (kv[0].rsplit(".", 1)[0], kv[1]["index"])):
+        if "weight" not in g:
+            return f"{layer_name} has a bias but no weight"
+        kind = KIND_OF_NDIM.get(g["weight"].ndim)
+        if kind is None:
+            return (
+                f"{layer_name}.weight has shape {tuple(g['weight'].shape)}: not a linear or conv layer "
+                f"(normalisation layers are not supported)"
+            )
+        layers.append(Layer(layer_name, kind, g["weight"], g.get("bias")))
+    return layers
+
+
+def _family(layers: list[Layer], params: dict) -> str:
+    """The published family whose shapes match; else the family params.json declares; else unknown."""
+    shapes = []
+    for layer in layers:
+        shapes.append(tuple(layer.weight.shape))
+        if layer.bias is not None:
+            shapes.append(tuple(layer.bias.shape))
+    for family, specs in FAMILY_SPECS.items():
+        if shapes in specs:
+            return family
+    declared = params.get("model::type")
+    if isinstance(declared, str) and declared:
+        return declared.lower()
+    return "modelzoos-unknown"
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def write_zoo(uri: str, checkpoints: Iterable[Checkpoint]) -> None:
+    """Write a Model Zoos trial layout: one trial folder per checkpoint, named after its id.
+
+    Layer i is saved as ``module_list.<2i>`` (as in an nn.ModuleList with an activation after each
+    layer), so readers must not assume contiguous indices. The epoch N is the hyperparameter "epoch",
+    else "epochs", else 1: files ``checkpoint_<N:06d>/checkpoints`` and one result.json line with
+    ``training_iteration`` N. params.json holds the hyperparameters under model::/optim::/training::
+    keys plus ``model::type`` (family) and ``dataset::name``. Raises ZooError for no checkpoints or
+    ids that collide as folder names.
+    """
+    import torch
+
+    items = list(checkpoints)
+    if not items:
+        raise ZooError(f"no checkpoints to write to {uri}")
+    names: dict[str, str] = {}
+    for c in items:
+        name = TRIAL_NAME.sub("_", c.id).strip("._") or "trial"
+        if name in names:
+            raise ZooError(
+                f"checkpoint ids {names[name]!r} and {c.id!r} map to the same trial folder {name!r}"
+            )
+        names[name] = c.id
+
+    for name, c in zip(names, items, strict=True):
+        epoch = int(c.hyperparameters.get("epoch", c.hyperparameters.get("epochs", 1)))
+        state = {}
+        for i, layer in enumerate(c.layers):
+            state[f"module_list.{2 * i}.weight"] = torch.from_numpy(np.array(layer.weight, dtype=np.float32))
+            if layer.bias is not None:
+                state[f"module_list.{2 * i}.bias"] = torch.from_numpy(np.array(layer.bias, dtype=np.float32))
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        trial = storage.join(uri, name)
+        storage.write_bytes_atomic(
+            storage.join(trial, f"checkpoint_{epoch:06d}", "checkpoints"), buf.getvalue()
+        )
+
+        line = {"training_iteration": epoch, "epoch": epoch}
+        inverse = {prop: key for key, prop in RESULT_PROPERTIES.items()}
+        for prop, value in c.properties.items():
+            if prop != "generalization_gap" and value is not None:
+                line[inverse.get(prop, prop)] = float(value)
+        storage.write_bytes_atomic(storage.join(trial, "result.json"), (json.dumps(line) + "\n").encode())
+
+        params = {"model::type": c.family, "dataset::name": c.dataset}
+        for key, value in c.hyperparameters.items():
+            if key == "epoch":
+                continue
+            params[key if "::" in key else PARAM_KEYS.get(key, f"training::{key}")] = value
+        storage.write_bytes_atomic(storage.join(trial, "params.json"), json.dumps(params, indent=2).encode())
+
+    config = {}
+    datasets = {c.dataset for c in items}
+    families = {c.family for c in items}
+    if len(datasets) == 1:
+        config["dataset::name"] = datasets.pop()
+    if len(families) == 1:
+        config["model::type"] = families.pop()
+    storage.write_bytes_atomic(storage.join(uri, "config.json"), json.dumps(config, indent=2).encode())

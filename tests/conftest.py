@@ -1,0 +1,141 @@
+"""Shared test servers: one real S3 API (moto's server process on 127.0.0.1) and one Ray instance.
+
+Both are session-scoped: starting Ray costs ~10 s, and two local Ray clusters must never run at
+once on a 2-core machine. Everything started here is stopped here, by its own process id.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+DUMMY_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"server on 127.0.0.1:{port} did not start within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server process; exports the endpoint and dummy keys so Ray workers inherit them."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in [*DUMMY_S3_ENV, "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"]}
+    os.environ.update(DUMMY_S3_ENV)
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    os.environ["MLFLOW_S3_ENDPOINT_URL"] = endpoint
+    try:
+        _wait_for_port(port)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def new_bucket(endpoint: str) -> str:
+    """Create a fresh, empty bucket on the test S3 server; return it as an ``s3://`` URI."""
+    import boto3
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    s3fs.S3FileSystem.clear_instance_cache()
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    return new_bucket(s3_server)
+
+
+@pytest.fixture(scope="session")
+def ray_instance(s3_server):
+    """One local Ray instance for the whole session (started after the S3 env is exported)."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+    # address="local": never attach to a cluster some earlier `ray start` left registered in /tmp/ray.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=1_000_000_000,
+        include_dashboard=True,
+        log_to_driver=False,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def make_checkpoint(
+    i: int, family: str = "mlp", dataset: str = "digits", *, nan: bool = False, seed: int = 0
+):
+    """A small checkpoint with random weights (for format and plumbing tests, not for learning)."""
+    import numpy as np
+
+    from pipeline.zoo.checkpoint import Checkpoint, Layer
+
+    rng = np.random.default_rng(seed * 100_003 + i)
+    if family == "mlp":
+        shapes = [("linear", (16, 12)), ("linear", (10, 16))]
+    elif family == "cnn":
+        shapes = [("conv2d", (4, 1, 3, 3)), ("conv2d", (6, 4, 5, 5)), ("linear", (10, 6))]
+    else:
+        raise ValueError(family)
+    layers = []
+    for k, (kind, shape) in enumerate(shapes):
+        w = rng.normal(0, 0.3, shape).astype(np.float32)
+        if nan and k == 0:
+            w[0, 0] = np.nan
+        layers.append(Layer(f"layers.{k}", kind, w, rng.normal(0, 0.1, shape[0]).astype(np.float32)))
+    acc = float(rng.uniform(0.1, 0.9))
+    return Checkpoint(
+        id=f"{family}-{dataset}-{i:04d}",
+        family=family,
+        dataset=dataset,
+        layers=layers,
+        properties={"test_accuracy": acc, "train_accuracy": min(1.0, acc + 0.05), "generalization_gap": 0.05},
+        hyperparameters={"seed": i},
+    )
+
+
+@pytest.fixture
+def checkpoint_factory():
+    return make_checkpoint

@@ -1,0 +1,109 @@
+"""Ray Train on a real (tiny) zoo through the S3 server, with MLflow logging, resume and prediction."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+from conftest import new_bucket
+
+from pipeline import storage, tracking
+from pipeline.config import debug, from_dict
+from pipeline.driver import run_training
+from pipeline.predict import predict_zoo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(ray_instance, s3_server):
+    """A zoo of really trained networks of four families, in S3 (about a minute to train)."""
+    from pipeline.generate import make_zoo
+
+    bucket = new_bucket(s3_server)
+    make_zoo(f"{bucket}/zoo", preset="tiny", seed=0)
+    return bucket
+
+
+def _config(bucket, tmp_path, **overrides):
+    return from_dict(
+        {
+            "zoo": f"{bucket}/zoo",
+            "storage": f"{bucket}/runs",
+            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "epochs": 3,
+            "num_workers": 2,
+            **overrides,
+        },
+        debug(),
+    )
+
+
+def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path):
+    final = run_training(_config(tiny_zoo, tmp_path), log=lambda _: None)
+    assert math.isfinite(final["test_kendall_tau"]) and math.isfinite(final["statnn_test_kendall_tau"])
+    assert sum(final["split"].values()) == 48
+    fs, path = storage.filesystem(final["checkpoint_uri"])
+    assert final["checkpoint_uri"].startswith(f"{tiny_zoo}/runs/train/") and fs.exists(path)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(final["tracking_uri"])
+    run = client.get_run(final["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["chunk_size"] == "16" and run.data.params["task"] == "random"
+    assert run.data.tags["zoo_fingerprint"] and run.data.tags["chunk_size"] == "16"
+    assert [m.step for m in client.get_metric_history(final["run_id"], "val_kendall_tau")] == [0, 1, 2]
+    assert run.data.metrics["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
+    artifacts = {a.path for a in client.list_artifacts(final["run_id"])}
+    assert {"encoder", "test_scatter.png", "test_metrics.txt", "test_predictions.csv"} <= artifacts
+    assert {a.path for a in client.list_artifacts(final["run_id"], "encoder")} == {
+        "encoder/encoder.json",
+        "encoder/encoder.safetensors",
+    }
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_zoo, tmp_path, ray_instance):
+    config = _config(tiny_zoo, tmp_path, run_name="resume-me", epochs=6, statnn=False)
+    train_dir = storage.join(config.storage, "train", "resume-me")
+    fs, path = storage.filesystem(train_dir)
+
+    # The driver runs as a Ray task so it can be killed like a crashed job; its Train run dies with it.
+    driver = ray_instance.remote(num_cpus=0.25, max_retries=0)(run_training).remote(config, log=print)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        fs.invalidate_cache()
+        if fs.exists(path) and any("checkpoint_" in p for p in fs.ls(path, detail=False)):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("no checkpoint appeared within 300 s")
+    ray_instance.cancel(driver, force=True)
+    with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
+        ray_instance.get(driver, timeout=60)
+
+    final = run_training(config, log=lambda _: None)
+    assert final["run_name"] == "resume-me"
+    epochs = [
+        m.value for m in tracking._client(final["tracking_uri"]).get_metric_history(final["run_id"], "epoch")
+    ]
+    # Resumed, not restarted: epoch 0 trained once, and the run reached the last epoch.
+    assert epochs.count(0) == 1 and max(epochs) == 5
+
+
+def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
+    config = _config(
+        tiny_zoo,
+        tmp_path,
+        task="cross-architecture",
+        train_families=("mlp", "cnn", "cnn-s"),
+        test_families=("smallcnn",),
+        statnn=False,
+    )
+    final = run_training(config, log=lambda _: None)
+    assert set(final["per_subset"][-1]["subset"].split("=")) == {"family", "smallcnn"}
+    result = predict_zoo(final["run_id"], f"{tiny_zoo}/zoo", tracking_uri=final["tracking_uri"])
+    rows = result["rows"]
+    assert len(rows) == 48 and {r["family"] for r in rows} == {"mlp", "cnn", "cnn-s", "smallcnn"}
+    assert all(np.isfinite(r["prediction"]) for r in rows)
+    assert result["metrics"]["n"] == 48

@@ -1,0 +1,104 @@
+"""A 2×2 sweep (chunk size × λ) through the S3 server with MLflow parent/child runs, ASHA and resume."""
+
+import time
+
+import pytest
+from conftest import new_bucket
+
+from pipeline import tracking
+from pipeline.config import debug, from_dict
+from pipeline.tune import SweepSpec, run_sweep
+
+pytestmark = pytest.mark.integration
+
+GRID = {"chunk_sizes": (4, 8), "invariance_weights": (0.0, 0.5)}
+
+
+@pytest.fixture(scope="module")
+def zoo_bucket(ray_instance, s3_server):
+    from pipeline.generate import make_zoo
+
+    bucket = new_bucket(s3_server)
+    make_zoo(f"{bucket}/zoo", preset="tiny", seed=0)
+    return bucket
+
+
+def _base(bucket, tmp_path):
+    return from_dict(
+        {
+            "zoo": f"{bucket}/zoo",
+            "storage": f"{bucket}/runs",
+            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "num_workers": 1,
+        },
+        debug(),
+    )
+
+
+def _children(summary):
+    return tracking.child_runs(summary["tracking_uri"], summary["parent_run_id"])
+
+
+def test_grid_sweep_creates_parent_and_child_runs_and_stops_weak_trials(zoo_bucket, tmp_path):
+    # One trial at a time: ASHA's rung comparisons then happen in a fixed order.
+    spec = SweepSpec(**GRID, max_epochs=4, grace_period=1, max_concurrent_trials=1, name="grid")
+    summary = run_sweep(_base(zoo_bucket, tmp_path), spec, log=lambda _: None)
+
+    trials = summary["trials"]
+    assert len(trials) == 4
+    assert {(t["chunk_size"], t["invariance_weight"]) for t in trials} == {
+        (4, 0.0),
+        (4, 0.5),
+        (8, 0.0),
+        (8, 0.5),
+    }
+    assert summary["best_config"]["chunk_size"] in (4, 8)
+    assert summary["best_val_kendall_tau"] == max(t["best_val_kendall_tau"] for t in trials)
+    stopped = [t for t in trials if t["status"] == "stopped early"]
+    assert stopped and all(t["epochs"] < 4 for t in stopped), trials  # ASHA stopped at least one
+    assert all(t["epochs"] == 4 for t in trials if t["status"] == "completed")
+
+    children = _children(summary)
+    assert len(children) == 4
+    assert {(c.data.params["chunk_size"], c.data.params["invariance_weight"]) for c in children} == {
+        ("4", "0.0"),
+        ("4", "0.5"),
+        ("8", "0.0"),
+        ("8", "0.5"),
+    }
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    client = tracking._client(summary["tracking_uri"])
+    artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
+    assert {"trials.json", "trials.txt", "val_tau_heatmap.png"} <= artifacts
+
+
+def test_an_interrupted_sweep_resumes_instead_of_starting_over(zoo_bucket, tmp_path, ray_instance):
+    base = _base(zoo_bucket, tmp_path)
+    spec = SweepSpec(**GRID, max_epochs=2, grace_period=2, max_concurrent_trials=1, name="resumable")
+    driver = ray_instance.remote(num_cpus=0.25, max_retries=0)(run_sweep).remote(base, spec, log=print)
+    deadline = time.time() + 400
+    parent = None
+    while time.time() < deadline:  # wait until the first trial has finished, then kill the sweep
+        parent = parent or tracking.find_run(
+            tracking.resolve_tracking_uri(base.tracking_uri), base.experiment, "resumable"
+        )
+        if parent and any(
+            c.info.status == "FINISHED" for c in tracking.child_runs(base.tracking_uri, parent)
+        ):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("no trial finished within 400 s")
+    ray_instance.cancel(driver, force=True)
+    with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
+        ray_instance.get(driver, timeout=60)
+
+    summary = run_sweep(base, spec, log=lambda _: None)
+    assert summary["parent_run_id"] == parent
+    assert len(summary["trials"]) == 4
+    names = [c.data.tags["mlflow.runName"] for c in _children(summary)]
+    # Restored, not restarted: the finished trial did not run again (one child run per trial).
+    assert len(names) == len(set(names))
+    assert sum(1 for c in _children(summary) if c.info.status == "FINISHED") >= 4 - sum(
+        1 for t in summary["trials"] if t["status"] != "completed"
+    )

@@ -1,0 +1,58 @@
+import argparse
+
+import pytest
+
+from pipeline import config as cfg
+
+
+def test_overrides_are_type_checked_and_converted():
+    c = cfg.from_dict(
+        {"chunk_size": "32", "lr": "0.01", "positional_encoding": "false", "train_datasets": "a,b"}
+    )
+    assert c.chunk_size == 32 and c.lr == 0.01
+    assert c.positional_encoding is False
+    assert c.train_datasets == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"chunk_sise": 8}, "unknown config key(s): chunk_sise"),
+        ({"chunk_size": "eight"}, "chunk_size: expected an integer"),
+        ({"chunk_size": 2.5}, "chunk_size: expected an integer"),
+        ({"positional_encoding": "maybe"}, "positional_encoding: expected a boolean"),
+        ({"lr": True}, "lr: expected a number"),
+        ({"task": "sideways"}, "task must be one of"),
+        ({"task": "cross-dataset", "train_datasets": "digits"}, "needs --train-datasets and --test-datasets"),
+        ({"hidden": 30, "heads": 4}, "multiple of heads"),
+        ({"loss": "bce", "property": "frequency"}, "loss bce needs a property in [0, 1]"),
+    ],
+)
+def test_bad_overrides_are_rejected_with_the_field_named(overrides, message):
+    with pytest.raises(ValueError) as e:
+        cfg.from_dict(overrides)
+    assert message in str(e.value)
+
+
+def test_presets_are_fresh_objects():
+    a, b = cfg.demo(), cfg.demo()
+    a.epochs = 1
+    assert b.epochs != 1
+
+
+def test_round_trip_through_a_plain_dict():
+    c = cfg.from_dict({"task": "cross-architecture", "train_families": ("mlp",), "test_families": ("cnn",)})
+    assert cfg.from_dict(cfg.to_dict(c)) == c
+
+
+def test_command_line_flags_map_onto_the_config():
+    p = argparse.ArgumentParser()
+    cfg.add_arguments(p)
+    args = p.parse_args(
+        ["--preset", "debug", "--chunk-size", "8", "--no-positional-encoding", "--invariance-weight", "0"]
+    )
+    c = cfg.from_args(args)
+    assert (c.chunk_size, c.positional_encoding, c.invariance_weight) == (8, False, 0.0)
+    assert c.hidden == cfg.debug().hidden  # untouched fields keep the preset's value
+    with pytest.raises(SystemExit):
+        p.parse_args(["--no-such-flag", "1"])

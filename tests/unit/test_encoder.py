@@ -1,0 +1,216 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.chunking import chunk_checkpoint
+from pipeline.collate import collate_chunk_records
+from pipeline.encoder import SNE, EncoderConfig
+from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: extra intra-op threads only spin, and stall badly on a loaded 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = EncoderConfig(hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64)
+
+
+def _w(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+
+def _mixed_checkpoints(seed: int = 0) -> list[Checkpoint]:
+    """An MLP, a conv net with kernels 1/3/5/7, and a conv1d net: one batch must hold all three."""
+    rng = np.random.default_rng(seed)
+    mlp = [
+        Layer("0", "linear", _w(rng, 12, 6), _w(rng, 12)),
+        Layer("1", "linear", _w(rng, 3, 12), _w(rng, 3)),
+    ]
+    cnn = [
+        Layer("0", "conv2d", _w(rng, 4, 1, 7, 7), _w(rng, 4)),
+        Layer("1", "conv2d", _w(rng, 5, 4, 5, 5)),
+        Layer("2", "conv2d", _w(rng, 6, 5, 3, 3), _w(rng, 6)),
+        Layer("3", "conv2d", _w(rng, 6, 6, 1, 1), _w(rng, 6)),
+        Layer("4", "linear", _w(rng, 10, 6), _w(rng, 10)),
+    ]
+    c1d = [Layer("0", "conv1d", _w(rng, 5, 2, 5), _w(rng, 5)), Layer("1", "linear", _w(rng, 4, 5), None)]
+    return [
+        Checkpoint(name, name, "digits", layers, {"test_accuracy": acc})
+        for name, layers, acc in (("mlp", mlp, 0.2), ("cnn", cnn, 0.5), ("c1d", c1d, 0.8))
+    ]
+
+
+def _batch(checkpoints: list[Checkpoint], chunk_size: int = 4) -> dict:
+    return collate_chunk_records([chunk_checkpoint(c, chunk_size) for c in checkpoints])
+
+
+def _encoder(cfg: EncoderConfig = SMALL, seed: int = 0) -> SNE:
+    torch.manual_seed(seed)
+    return SNE(cfg).eval()
+
+
+def _embed(encoder: SNE, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return encoder.embed(batch)
+
+
+def test_mixed_batch_shapes():
+    batch = _batch(_mixed_checkpoints())
+    encoder = _encoder()
+    with torch.no_grad():
+        pred = encoder(batch)
+    assert pred.shape == (3,) and torch.isfinite(pred).all()
+    assert _embed(encoder, batch).shape == (3, SMALL.hidden)
+    sigmoid = _encoder(dataclasses.replace(SMALL, output="sigmoid"))
+    with torch.no_grad():
+        squashed = sigmoid(batch)
+    assert ((squashed > 0) & (squashed < 1)).all()
+
+
+def test_default_encoder_runs():
+    encoder = _encoder(EncoderConfig())
+    with torch.no_grad():
+        assert encoder(_batch(_mixed_checkpoints(), 16)).shape == (3,)
+
+
+def test_a_checkpoint_is_encoded_the_same_alone_or_in_a_mixed_batch():
+    checkpoints = _mixed_checkpoints()
+    encoder = _encoder()
+    together = _embed(encoder, _batch(checkpoints))
+    for i, checkpoint in enumerate(checkpoints):  # alone, the element size E of the batch differs
+        torch.testing.assert_close(
+            _embed(encoder, _batch([checkpoint]))[0], together[i], atol=1e-5, rtol=1e-5
+        )
+
+
+def _append_chunks(batch: dict, prefix: str, layers: list[int], chunks: torch.Tensor) -> None:
+    batch[f"{prefix}_chunks"] = torch.cat([batch[f"{prefix}_chunks"], chunks])
+    batch[f"{prefix}_mask"] = torch.cat(
+        [batch[f"{prefix}_mask"], torch.zeros(chunks.shape[:2], dtype=torch.bool)]
+    )
+    batch[f"{prefix}_layer"] = torch.cat([batch[f"{prefix}_layer"], torch.tensor(layers)])
+
+
+def test_padded_chunks_change_nothing():
+    batch = _batch(_mixed_checkpoints())
+    encoder = _encoder()
+    before = _embed(encoder, batch)
+    t, c, e = batch["weight_chunks"].shape
+    _append_chunks(batch, "weight", [0, 3, 3, 7], torch.randn(4, c, e) * 10)  # random values under the mask
+    _append_chunks(batch, "bias", [1, 4], torch.randn(2, c, 1) * 10)  # layer 4 of the cnn has no bias
+    torch.testing.assert_close(_embed(encoder, batch), before, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_layers_change_nothing():
+    batch = _batch(_mixed_checkpoints())
+    encoder = _encoder()
+    before = _embed(encoder, batch)
+    lt = batch["layer_kind"].shape[0]
+    # Two empty layers for the cnn (one with padded chunks, one with none) and one for the mlp.
+    extra = {"layer_kind": [2, 0, 1], "layer_depth": [5, 9, 2], "layer_element_size": [9, 1, 3]}
+    extra |= {"layer_fan_in": [9.0, 4.0, 6.0], "layer_checkpoint": [1, 1, 0]}
+    for key, values in extra.items():
+        batch[key] = torch.cat([batch[key], torch.tensor(values, dtype=batch[key].dtype)])
+    _, c, e = batch["weight_chunks"].shape
+    _append_chunks(batch, "weight", [lt, lt, lt + 2], torch.randn(3, c, e))
+    _append_chunks(batch, "bias", [lt + 1], torch.randn(1, c, 1))
+    after = _embed(encoder, batch)
+    assert torch.isfinite(after).all()
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_is_invariant_to_chunk_order_within_layers():
+    batch = _batch(_mixed_checkpoints())
+    encoder = _encoder()
+    before = _embed(encoder, batch)
+    generator = torch.Generator().manual_seed(0)
+    for prefix in ("weight", "bias"):
+        order = torch.randperm(batch[f"{prefix}_layer"].shape[0], generator=generator)
+        for key in ("chunks", "mask", "layer"):
+            batch[f"{prefix}_{key}"] = batch[f"{prefix}_{key}"][order]
+    torch.testing.assert_close(_embed(encoder, batch), before, atol=1e-5, rtol=1e-5)
+
+
+def test_micro_batch_size_does_not_change_the_output():
+    batch = _batch(_mixed_checkpoints(), chunk_size=2)
+    reference = _embed(_encoder(dataclasses.replace(SMALL, chunk_micro_batch=100_000)), batch)
+    for micro in (1, 7):
+        out = _embed(_encoder(dataclasses.replace(SMALL, chunk_micro_batch=micro)), batch)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_positional_encoding_switch():
+    batch = _batch(_mixed_checkpoints())
+    shuffled = dict(batch, layer_depth=batch["layer_depth"].flip(0))  # lie about every layer's depth
+    with_pe = _encoder()
+    assert not torch.allclose(_embed(with_pe, batch), _embed(with_pe, shuffled), atol=1e-4)
+    without = _encoder(dataclasses.replace(SMALL, positional_encoding=False))
+    out = _embed(without, batch)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(_embed(without, shuffled), out)  # depth is not seen at all
+
+
+def test_gradients_flow_through_checkpointed_micro_batches():
+    batch = _batch(_mixed_checkpoints())
+    grads = {}
+    for recompute in (True, False):
+        encoder = _encoder(
+            dataclasses.replace(SMALL, chunk_micro_batch=5, checkpoint_chunks=recompute)
+        ).train()
+        loss = ((encoder(batch) - batch["target"]) ** 2).mean()
+        loss.backward()
+        grads[recompute] = {name: p.grad for name, p in encoder.named_parameters()}
+    for name, grad in grads[True].items():
+        assert grad is not None and torch.isfinite(grad).all(), name
+        torch.testing.assert_close(grad, grads[False][name], atol=1e-6, rtol=1e-4, msg=name)
+    assert grads[True]["weight_chunks.project.weight"].abs().sum() > 0
+    assert grads[True]["bias_chunks.project.weight"].abs().sum() > 0
+
+
+def test_one_batch_overfit():
+    # Eight MLPs that differ, as trained checkpoints do, in width and weight scale; random targets.
+    rng = np.random.default_rng(5)
+    checkpoints = []
+    for i in range(8):
+        width, scale = int(rng.integers(4, 12)), float(rng.uniform(0.2, 2.0))
+        layers = [
+            Layer("0", "linear", scale * _w(rng, width, 5), scale * _w(rng, width)),
+            Layer("1", "linear", scale * _w(rng, 3, width)),
+        ]
+        checkpoints.append(
+            Checkpoint(f"m{i}", "mlp", "digits", layers, {"test_accuracy": float(rng.uniform())})
+        )
+    batch = _batch(checkpoints)
+    target = (batch["target"] - batch["target"].mean()) / batch["target"].std(unbiased=False)  # variance 1
+    encoder = _encoder(dataclasses.replace(SMALL, checkpoint_chunks=False)).train()
+    # Post-LN attention stacks diverge at Adam 1e-3 on this task (measured); 3e-4 converges in ~50-100 steps.
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=3e-4, foreach=True)
+    losses = []
+    for _ in range(120):
+        loss = ((encoder(batch) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    # Below a tenth of what predicting the mean costs, and of the initial loss.
+    assert min(losses[-10:]) < min(losses[0], 1.0) / 10, (losses[0], losses[-10:])
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="multiple of heads"):
+        EncoderConfig(hidden=30, heads=4)
+    with pytest.raises(ValueError, match="output"):
+        EncoderConfig(output="softmax")
+    with pytest.raises(ValueError, match="chunk_micro_batch"):
+        EncoderConfig(chunk_micro_batch=0)
+    encoder = _encoder(dataclasses.replace(SMALL, max_element_size=9))
+    with pytest.raises(ValueError, match="element size 49 exceeds"):
+        encoder(_batch(_mixed_checkpoints()))
+    assert LAYER_KINDS == ("linear", "conv1d", "conv2d")  # the layer-type encoding indexes this tuple

@@ -1,0 +1,202 @@
+"""Network families: exact architectures, Checkpoint ↔ module, and the permutation contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import families
+from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, validate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: thread hand-offs cost more than the maths, badly so on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _checkpoint(architecture: dict, seed: int = 0) -> tuple[torch.nn.Module, Checkpoint]:
+    torch.manual_seed(seed)
+    module = families.build_module(architecture).eval()
+    checkpoint = families.checkpoint_from_module(
+        module,
+        id="c0",
+        family=architecture["family"],
+        dataset="digits",
+        architecture=architecture,
+        properties={"test_accuracy": 0.5, "train_accuracy": 0.6},
+    )
+    return module, checkpoint
+
+
+def _num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_smallcnn_has_the_small_cnn_zoo_parameter_count():
+    for shape in ((1, 16, 16), (1, 28, 28)):
+        module, checkpoint = _checkpoint(families.smallcnn_architecture("relu", 0.2, shape))
+        assert _num_params(module) == checkpoint.num_params == 4970
+        assert [layer.kind for layer in checkpoint.layers] == ["conv2d"] * 3 + ["linear"]
+        assert module(torch.zeros(2, *shape)).shape == (2, 10)
+        assert validate(checkpoint) is None
+
+
+def test_cnn_s_has_the_model_zoos_parameter_count():
+    module, checkpoint = _checkpoint(families.cnn_s_architecture("tanh", 0.1))
+    assert _num_params(module) == checkpoint.num_params == 2464
+    shapes = [tuple(layer.weight.shape) for layer in checkpoint.layers]
+    assert shapes == [(8, 1, 5, 5), (6, 8, 5, 5), (4, 6, 2, 2), (20, 36), (10, 20)]
+    assert module(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert validate(checkpoint) is None
+
+
+def test_siren_is_the_papers_inr():
+    module, checkpoint = _checkpoint(families.siren_architecture())
+    assert [tuple(layer.weight.shape) for layer in checkpoint.layers] == [(32, 1), (32, 32), (1, 32)]
+    assert module(torch.zeros(5, 1)).shape == (5, 1)
+
+
+def test_layer_names_say_where_a_layer_sits():
+    _, checkpoint = _checkpoint(families.cnn_s_architecture())
+    names = [layer.name for layer in checkpoint.layers]
+    assert names[:3] == ["features.0", "features.3", "features.6"]
+    assert all(name.startswith("classifier.") for name in names[3:])
+
+
+@pytest.mark.parametrize("dataset", ["shapes", "mnist1d"])
+def test_varied_cnn_family_spans_the_promised_shapes(dataset):
+    rng = np.random.default_rng(0)
+    depths, channels, kernels, linears, heads = set(), set(), set(), set(), set()
+    for _ in range(40):
+        architecture = families.sample_architecture("cnn", dataset, rng, "gelu", 0.1)
+        module, checkpoint = _checkpoint(architecture)
+        convs = [layer for layer in checkpoint.layers if layer.kind.startswith("conv")]
+        assert {layer.kind for layer in convs} == {"conv1d" if dataset == "mnist1d" else "conv2d"}
+        depths.add(len(convs))
+        channels |= {layer.weight.shape[0] for layer in convs}
+        kernels |= {layer.weight.shape[-1] for layer in convs}
+        linears.add(sum(layer.kind == "linear" for layer in checkpoint.layers))
+        heads |= {op["op"] for op in architecture["ops"] if op["op"] in ("gap", "flatten")}
+        shape = families.input_shape_for("cnn", dataset)
+        assert module(torch.zeros(3, *shape)).shape == (3, 10)
+    assert depths == {2, 3, 4, 5} and linears == {1, 2} and heads == {"gap", "flatten"}
+    assert kernels == {1, 3, 5, 7} and min(channels) == 4 and max(channels) == 32
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist1d"])
+def test_mlp_family_has_one_to_four_hidden_layers(dataset):
+    rng = np.random.default_rng(1)
+    hidden = set()
+    for _ in range(30):
+        module, checkpoint = _checkpoint(families.sample_architecture("mlp", dataset, rng))
+        assert all(layer.kind == "linear" for layer in checkpoint.layers)
+        hidden.add(len(checkpoint.layers) - 1)
+        assert module(torch.zeros(2, *families.input_shape_for("mlp", dataset))).shape == (2, 10)
+    assert hidden == {1, 2, 3, 4}
+
+
+def _sample_architectures() -> list[dict]:
+    rng = np.random.default_rng(7)
+    out = [
+        families.smallcnn_architecture("tanh"),
+        families.cnn_s_architecture("gelu"),
+        families.siren_architecture(),
+        families.sample_architecture("mlp", "textures", rng, "relu"),
+        families.sample_architecture("cnn", "mnist1d", rng, "tanh"),
+    ]
+    # Make sure conv → flatten → linear blocks are covered in 2-D and 1-D.
+    for dataset in ("shapes", "mnist1d"):
+        while True:
+            architecture = families.sample_architecture("cnn", dataset, rng, "relu")
+            if any(op["op"] == "flatten" for op in architecture["ops"]):
+                out.append(architecture)
+                break
+    return out
+
+
+@pytest.mark.parametrize("architecture", _sample_architectures(), ids=lambda a: a["family"])
+def test_checkpoint_round_trip_reproduces_the_logits(architecture):
+    module, checkpoint = _checkpoint(architecture, seed=3)
+    rebuilt = families.module_from_checkpoint(checkpoint)
+    x = torch.randn(4, *architecture["input_shape"])
+    with torch.no_grad():
+        assert torch.equal(module(x), rebuilt(x))
+    assert json.loads(checkpoint.hyperparameters["architecture"]) == architecture
+    assert all(layer.kind in LAYER_KINDS for layer in checkpoint.layers)
+
+
+def _permute_hidden_units(checkpoint: Checkpoint, rng: np.random.Generator) -> Checkpoint:
+    """The family contract: permute layer i's outputs and layer i+1's inputs (grouped per channel)."""
+    layers = [
+        type(layer)(
+            layer.name, layer.kind, layer.weight.copy(), None if layer.bias is None else layer.bias.copy()
+        )
+        for layer in checkpoint.layers
+    ]
+    for current, following in zip(layers[:-1], layers[1:], strict=True):
+        units = current.weight.shape[0]
+        perm = rng.permutation(units)
+        current.weight = current.weight[perm]
+        current.bias = current.bias[perm]
+        fan_in = following.weight.shape[1]
+        # A linear layer after conv → flatten sees fan_in = units × spatial, grouped per channel.
+        grouped = following.weight.reshape(following.weight.shape[0], units, fan_in // units, -1)
+        following.weight = grouped[:, perm].reshape(following.weight.shape)
+    return Checkpoint(
+        checkpoint.id, checkpoint.family, checkpoint.dataset, layers, {}, checkpoint.hyperparameters
+    )
+
+
+@pytest.mark.parametrize("architecture", _sample_architectures(), ids=lambda a: a["family"])
+def test_permuting_hidden_units_preserves_the_function(architecture):
+    module, checkpoint = _checkpoint(architecture, seed=5)
+    permuted = families.module_from_checkpoint(_permute_hidden_units(checkpoint, np.random.default_rng(0)))
+    x = torch.randn(8, *architecture["input_shape"])
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), permuted(x), rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(families.layers_from_module(permuted)[0].weight, checkpoint.layers[0].weight)
+
+
+def test_loading_a_mismatching_checkpoint_names_the_layer():
+    _, checkpoint = _checkpoint(families.smallcnn_architecture())
+    checkpoint.layers[1].weight = checkpoint.layers[1].weight[:8]
+    with pytest.raises(ValueError, match=r"layer 'features.2'.*shape"):
+        families.load_checkpoint_into(families.build_module(families.smallcnn_architecture()), checkpoint)
+    _, other = _checkpoint(families.cnn_s_architecture())
+    with pytest.raises(ValueError, match="has layers"):
+        families.load_checkpoint_into(families.build_module(families.smallcnn_architecture()), other)
+
+
+def test_a_checkpoint_without_architecture_cannot_be_rebuilt():
+    _, checkpoint = _checkpoint(families.smallcnn_architecture())
+    del checkpoint.hyperparameters["architecture"]
+    with pytest.raises(ValueError, match="no 'architecture'"):
+        families.module_from_checkpoint(checkpoint)
+
+
+def test_initialisation_schemes():
+    torch.manual_seed(0)
+    module = families.build_module(families.cnn_s_architecture())
+    families.initialize(module, "normal", std=0.01)
+    weights = torch.cat([layer.weight.detach().flatten() for _, layer in families.weighted_layers(module)])
+    assert 0.008 < float(weights.std()) < 0.012
+    assert all(float(layer.bias.detach().abs().max()) == 0.0 for _, layer in families.weighted_layers(module))
+    with pytest.raises(ValueError, match="unknown initialisation"):
+        families.initialize(module, "he_uniform")
+
+
+def test_families_know_their_datasets():
+    assert families.datasets_for("smallcnn") == ("digits", "shapes", "textures")
+    assert "mnist1d" in families.datasets_for("mlp") and "mnist1d" in families.datasets_for("cnn")
+    assert families.input_shape_for("cnn-s", "digits") == (1, 28, 28)
+    with pytest.raises(ValueError, match="does not train on"):
+        families.input_shape_for("smallcnn", "mnist1d")
+    with pytest.raises(ValueError, match="unknown family"):
+        families.datasets_for("resnet")

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.chunking import chunk_checkpoint, unchunk_record
+from pipeline.invariance import logit_invariance_loss, permute_record, random_hidden_permutation
+from pipeline.zoo.checkpoint import Checkpoint, Layer
+
+KINDS = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d"}
+
+
+def _layers_of(net: nn.Sequential) -> list[Layer]:
+    return [
+        Layer(str(i), KINDS[type(m)], m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
+        for i, m in enumerate(net)
+        if type(m) in KINDS
+    ]
+
+
+def _load(net: nn.Sequential, layers: list[Layer]) -> nn.Sequential:
+    modules = iter(m for m in net if type(m) in KINDS)
+    with torch.no_grad():
+        for layer, module in zip(layers, modules, strict=True):
+            module.weight.copy_(torch.from_numpy(layer.weight))
+            module.bias.copy_(torch.from_numpy(layer.bias))
+    return net
+
+
+def _mlp() -> tuple[nn.Sequential, torch.Tensor]:
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3))
+    return net, torch.randn(16, 5)
+
+
+def _cnn_flatten() -> tuple[nn.Sequential, torch.Tensor]:
+    # 12x12 → conv3 10x10 → pool 5x5 → conv3 3x3: the flatten gives 5 channels x 9 positions.
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3),
+        nn.Flatten(),
+        nn.Linear(45, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
+    return net, torch.randn(8, 2, 12, 12)
+
+
+def _cnn_global_pool() -> tuple[nn.Sequential, torch.Tensor]:
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 5, padding=2),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    return net, torch.randn(8, 1, 9, 9)
+
+
+def _conv1d() -> tuple[nn.Sequential, torch.Tensor]:
+    net = nn.Sequential(nn.Conv1d(2, 6, 7), nn.Tanh(), nn.Conv1d(6, 5, 3), nn.Flatten(), nn.Linear(5 * 10, 2))
+    return net, torch.randn(8, 2, 18)
+
+
+@pytest.mark.parametrize("build", [_mlp, _cnn_flatten, _cnn_global_pool, _conv1d])
+def test_permutation_preserves_the_function(build):
+    torch.manual_seed(0)
+    net, x = build()
+    layers = _layers_of(net)
+    with torch.no_grad():
+        before = net(x)
+    permuted = random_hidden_permutation(layers, np.random.default_rng(3))
+    for i, (old, new) in enumerate(zip(layers, permuted, strict=True)):
+        assert new.weight.shape == old.weight.shape
+        if i < len(layers) - 1:  # every hidden layer's units really move (the bias shows it)
+            np.testing.assert_array_equal(np.sort(new.bias), np.sort(old.bias))
+            assert not np.array_equal(new.bias, old.bias), f"layer {i}: identity permutation"
+    np.testing.assert_array_equal(permuted[-1].bias, layers[-1].bias)  # outputs stay in place
+    with torch.no_grad():
+        after = _load(net, permuted)(x)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_are_left_untouched():
+    net, _ = _cnn_flatten()
+    layers = _layers_of(net)
+    copies = [(layer.weight.copy(), layer.bias.copy()) for layer in layers]
+    random_hidden_permutation(layers, np.random.default_rng(0))
+    for layer, (w, b) in zip(layers, copies, strict=True):
+        np.testing.assert_array_equal(layer.weight, w)
+        np.testing.assert_array_equal(layer.bias, b)
+
+
+def test_non_sequential_fan_in_is_rejected():
+    layers = [
+        Layer("a", "linear", np.ones((4, 3), np.float32)),
+        Layer("b", "linear", np.ones((2, 6), np.float32)),
+    ]
+    with pytest.raises(ValueError, match="'b' has 6 inputs, not a multiple of the 4 outputs"):
+        random_hidden_permutation(layers, np.random.default_rng(0))
+
+
+def test_permute_record_keeps_identity_and_function():
+    torch.manual_seed(1)
+    net, x = _cnn_flatten()
+    checkpoint = Checkpoint("ck", "cnn", "digits", _layers_of(net), {"test_accuracy": 0.4})
+    record = chunk_checkpoint(checkpoint, 5)
+    permuted = permute_record(record, np.random.default_rng(7))
+    assert (permuted["id"], permuted["chunk_size"], permuted["test_accuracy"]) == ("ck", 5, 0.4)
+    state = unchunk_record(permuted)
+    assert not np.array_equal(state["0.weight"], checkpoint.layers[0].weight)
+    layers = [Layer(n, "x", state[f"{n}.weight"], state[f"{n}.bias"]) for n in ("0", "3", "5", "7")]
+    with torch.no_grad():
+        before = net(x)
+        after = _load(net, layers)(x)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_logit_invariance_loss_is_half_mean_squared_difference():
+    pred = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    loss = logit_invariance_loss(pred, torch.tensor([1.0, 0.0, 5.0]))
+    assert loss.item() == pytest.approx(0.5 * (0 + 4 + 4) / 3)
+    loss.backward()
+    assert pred.grad is not None and pred.grad[0] == 0
+    assert logit_invariance_loss(pred, pred.detach()).item() == 0

@@ -1,0 +1,57 @@
+import pytest
+
+from pipeline.splits import assign_splits, split_fingerprint
+
+IDS = [f"c{i:03d}" for i in range(100)]
+FAMILIES = ["mlp" if i % 2 else "cnn" for i in range(100)]
+DATASETS = ["digits" if i % 3 else "shapes" for i in range(100)]
+
+
+def test_random_task_follows_the_peer_protocol():
+    a = assign_splits(IDS, FAMILIES, DATASETS)
+    counts = {s: list(a.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"test": 50, "train": 40, "val": 10}
+
+
+def test_assignment_does_not_depend_on_listing_order_and_changes_with_seed():
+    a = assign_splits(IDS, FAMILIES, DATASETS, seed=3)
+    b = assign_splits(IDS[::-1], FAMILIES[::-1], DATASETS[::-1], seed=3)
+    assert a == b
+    assert split_fingerprint(a) != split_fingerprint(assign_splits(IDS, FAMILIES, DATASETS, seed=4))
+
+
+def test_cross_architecture_tests_only_on_the_unseen_family():
+    a = assign_splits(
+        IDS, FAMILIES, DATASETS, "cross-architecture", train_families=("mlp",), test_families=("cnn",)
+    )
+    fam = dict(zip(IDS, FAMILIES, strict=True))
+    assert {fam[i] for i, s in a.items() if s == "test"} == {"cnn"}
+    assert {fam[i] for i, s in a.items() if s != "test"} == {"mlp"}
+
+
+def test_cross_dataset_leaves_other_datasets_out():
+    ds = ["digits", "shapes", "textures"] * 33 + ["digits"]
+    a = assign_splits(
+        IDS, FAMILIES, ds, "cross-dataset", train_datasets=("digits",), test_datasets=("shapes",)
+    )
+    by = dict(zip(IDS, ds, strict=True))
+    assert all(by[i] != "textures" for i in a)
+    assert {by[i] for i, s in a.items() if s == "test"} == {"shapes"}
+
+
+def test_unknown_group_and_empty_split_are_clear_errors():
+    with pytest.raises(ValueError, match="no checkpoints of family transformer"):
+        assign_splits(
+            IDS,
+            FAMILIES,
+            DATASETS,
+            "cross-architecture",
+            train_families=("mlp",),
+            test_families=("transformer",),
+        )
+    with pytest.raises(ValueError, match="in both the train and the test side"):
+        assign_splits(
+            IDS, FAMILIES, DATASETS, "cross-architecture", train_families=("mlp",), test_families=("mlp",)
+        )
+    with pytest.raises(ValueError, match="would be empty"):
+        assign_splits(IDS[:2], FAMILIES[:2], DATASETS[:2])
