@@ -45,8 +45,10 @@ class STATNN:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         self.width = max(len(r) for r in rows)
+        # sklearn's default leaf size (20) makes one constant leaf of a small zoo; scale it down.
+        leaf = int(min(20, max(2, len(rows) // 10)))
         self.regressor = HistGradientBoostingRegressor(
-            max_iter=300, learning_rate=0.05, random_state=self.seed
+            max_iter=300, learning_rate=0.05, min_samples_leaf=leaf, random_state=self.seed
         )
         self.regressor.fit(pad_features(rows, self.width), np.asarray(y, dtype=np.float64))
         return self

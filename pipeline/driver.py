@@ -195,9 +195,7 @@ def run_training(
 
     # Test evaluation of the best-validation encoder, on the driver (streamed in batches).
     encoder = build_encoder(config)
-    encoder.load_state_dict(
-        {k: torch.from_numpy(np.asarray(v)) for k, v in returned["encoder_state"].items()}
-    )
+    encoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in returned["encoder_state"].items()})
     test = predict_records(
         encoder, datasets["test"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
     )
@@ -231,7 +229,7 @@ def run_training(
     checkpoint_uri = None
     if result.checkpoint is not None:
         checkpoint_uri = storage.join(
-            config.storage, "train", run_name, os.path.relpath(result.checkpoint.path, train_path)
+            config.storage, "train", os.path.relpath(result.checkpoint.path, train_path)
         )
     with tempfile.TemporaryDirectory() as d:
         meta = {

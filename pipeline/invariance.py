@@ -44,7 +44,7 @@ def random_hidden_permutation(layers: list[Layer], rng: np.random.Generator) -> 
 
 
 def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    """A chunk record of the same checkpoint with its hidden units randomly permuted (same id and properties)."""
+    """A chunk record of the same checkpoint (same id, properties) with its hidden units randomly permuted."""
     checkpoint = checkpoint_from_record(record)
     checkpoint.layers = random_hidden_permutation(checkpoint.layers, rng)
     return chunk_checkpoint(checkpoint, int(record["chunk_size"]))

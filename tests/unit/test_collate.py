@@ -110,11 +110,11 @@ def test_target_choice_and_missing_targets():
     records = _records()
     assert collate_chunk_records(records, property_name="train_accuracy")["target"].tolist() == [0.5] * 3
     assert "target" not in collate_chunk_records(records, property_name=None)
-    with pytest.raises(ValueError, match="'mlp'.*frequency"):
+    with pytest.raises(ValueError, match=r"'mlp'.*frequency"):
         collate_chunk_records(records, property_name="frequency")  # None in a record
     columns = _ray_style_columns(records)
     assert math.isnan(columns["frequency"][0])  # Ray/Arrow turn None into NaN
-    with pytest.raises(ValueError, match="'mlp'.*frequency"):
+    with pytest.raises(ValueError, match=r"'mlp'.*frequency"):
         collate_chunk_records(columns, property_name="frequency")
 
 

@@ -102,7 +102,7 @@ def test_padded_chunks_change_nothing():
     batch = _batch(_mixed_checkpoints())
     encoder = _encoder()
     before = _embed(encoder, batch)
-    t, c, e = batch["weight_chunks"].shape
+    _, c, e = batch["weight_chunks"].shape
     _append_chunks(batch, "weight", [0, 3, 3, 7], torch.randn(4, c, e) * 10)  # random values under the mask
     _append_chunks(batch, "bias", [1, 4], torch.randn(2, c, 1) * 10)  # layer 4 of the cnn has no bias
     torch.testing.assert_close(_embed(encoder, batch), before, atol=1e-5, rtol=1e-5)
@@ -172,6 +172,22 @@ def test_gradients_flow_through_checkpointed_micro_batches():
         torch.testing.assert_close(grad, grads[False][name], atol=1e-6, rtol=1e-4, msg=name)
     assert grads[True]["weight_chunks.project.weight"].abs().sum() > 0
     assert grads[True]["bias_chunks.project.weight"].abs().sum() > 0
+
+
+def test_a_batch_without_biases_trains_every_parameter():
+    checkpoints = _mixed_checkpoints()
+    for checkpoint in checkpoints:
+        for layer in checkpoint.layers:
+            layer.bias = None
+    batch = _batch(checkpoints)
+    assert batch["bias_chunks"].shape[0] == 0
+    for positional in (True, False):
+        cfg = dataclasses.replace(SMALL, chunk_micro_batch=4, positional_encoding=positional)
+        encoder = _encoder(cfg).train()
+        encoder(batch).sum().backward()
+        # DDP needs a gradient (zero is fine) for every parameter in every step.
+        for name, param in encoder.named_parameters():
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
 
 
 def test_one_batch_overfit():

@@ -1,0 +1,108 @@
+"""Benchmark prepare (zoo → chunk records with Ray Data) against the practical limit.
+
+For each zoo: the raw read of the same bytes in one process (every file of the zoo, fetched whole:
+the I/O limit), then prepare into a fresh output; prints checkpoints/s, MB/s, their ratio, and the
+peak resident memory of the driver plus all Ray worker processes (sampled every 0.2 s).
+
+    python jobs/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import threading
+import time
+import uuid
+
+import psutil
+
+from pipeline import storage
+from pipeline.data import prepare_chunk_records
+from pipeline.runtime import start_ray
+from pipeline.zoo import open_zoo
+
+
+class PeakMemory:
+    """Peak of the summed RSS of this process and its descendants (Ray's raylet, workers, ...)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for p in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
+                total += p.memory_info().rss
+        return total
+
+    def __enter__(self):
+        self.base = self._sample()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def raw_read(uri: str) -> tuple[int, float]:
+    """(bytes, seconds) to fetch every file under the zoo in one process."""
+    fs, path = storage.filesystem(uri)
+    files = [f for f in fs.find(path) if not f.rsplit("/", 1)[-1].startswith("_")]
+    t = time.perf_counter()
+    n = sum(len(fs.cat_file(f)) for f in files)
+    return n, time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoo", action="append", required=True)
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--out-root", default=None, help="where benchmark outputs go (default: beside each zoo)")
+    p.add_argument("--num-cpus", type=int)
+    p.add_argument("--json")
+    args = p.parse_args()
+    start_ray(args.num_cpus)
+    rows = []
+    for zoo in args.zoo:
+        listing = open_zoo(zoo)
+        nbytes, raw_s = raw_read(zoo)
+        out = storage.join(args.out_root or f"{zoo.rstrip('/')}-bench", uuid.uuid4().hex[:8])
+        with PeakMemory() as mem:
+            t = time.perf_counter()
+            s = prepare_chunk_records(zoo, args.chunk_size, out=out)
+            prep_s = time.perf_counter() - t
+        fs, path = storage.filesystem(out)
+        fs.rm(path, recursive=True)
+        row = {
+            "zoo": zoo,
+            "checkpoints": listing.num_listed,
+            "zoo_mb": round(nbytes / 1e6, 1),
+            "raw_read_s": round(raw_s, 2),
+            "raw_ckpt_per_s": round(listing.num_listed / raw_s, 1),
+            "raw_mb_per_s": round(nbytes / 1e6 / raw_s, 1),
+            "prepare_s": round(prep_s, 2),
+            "prepare_ckpt_per_s": round(s.records / prep_s, 1),
+            "prepare_mb_per_s": round(nbytes / 1e6 / prep_s, 1),
+            "ratio_to_raw": round(raw_s / prep_s, 3),
+            "peak_rss_mb": round(mem.peak / 1e6),
+            "baseline_rss_mb": round(mem.base / 1e6),
+        }
+        rows.append(row)
+        print(json.dumps(row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
