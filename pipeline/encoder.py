@@ -24,6 +24,8 @@ OUTPUTS = ("linear", "sigmoid")
 
 @dataclass
 class EncoderConfig:
+    """Sizes and switches of the SNE encoder and its head (plain values: crosses Ray boundaries as a dict)."""
+
     hidden: int = 64  # D
     heads: int = 4
     inducing_points: int = 8  # m of the layer encoder's induced set attention
@@ -152,8 +154,10 @@ class PMA(nn.Module):
 class SegmentMultiHead(nn.Module):
     """Shared queries (Q, D) attend, per segment, over packed elements x (T, D) → (S, Q, D).
 
-    Linear in T: scores are (T, Q, h) and the softmax runs per segment with scatter/index_add, so a layer
-    with many chunks costs no padding. Invalid elements are ignored; a segment without valid elements gets 0.
+    Linear in T and computed `micro` rows at a time with a running (online) softmax, so a layer with many
+    chunks costs no padding and no (T, D) intermediate beyond x itself: `features(x_rows, segment_rows,
+    *shared)` optionally maps rows of x to the key/value inputs slice by slice. Invalid elements are
+    ignored; a segment without valid elements gets 0. With recompute, slices are activation-checkpointed.
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -161,6 +165,34 @@ class SegmentMultiHead(nn.Module):
         self.heads = heads
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
 
+    def _slice(
+        self,
+        x: torch.Tensor,
+        segment: torch.Tensor,
+        valid: torch.Tensor,
+        q: torch.Tensor,
+        peak: torch.Tensor,
+        denom: torch.Tensor,
+        summed: torch.Tensor,
+        features: Callable[..., torch.Tensor] | None,
+        *shared: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fold rows x (n, D) into the running per-segment max (S,Q,h), denominator (S,Q,h), sum (S,Q,h,dh)."""
+        f = x if features is None else features(x, segment, *shared)
+        n, (_, h, dh) = f.shape[0], q.shape
+        k = self.k(f).view(n, h, dh)
+        v = self.v(f).view(n, h, dh)
+        scores = torch.einsum("qhd,thd->tqh", q, k)  # (n, Q, h)
+        scores = scores.masked_fill(~valid[:, None, None], torch.finfo(scores.dtype).min)
+        # Softmax is shift-invariant, so the running max needs no gradient.
+        index = segment[:, None, None].expand_as(scores)
+        new_peak = peak.scatter_reduce(0, index, scores.detach(), "amax")
+        rescale = torch.exp(peak - new_peak)  # (S, Q, h), 1 where the max did not move
+        weight = torch.exp(scores - new_peak[segment]) * valid[:, None, None]  # (n, Q, h); never overflows
+        denom = denom * rescale + denom.new_zeros(denom.shape).index_add(0, segment, weight)
+        part = summed.new_zeros(summed.shape).index_add(0, segment, weight[..., None] * v[:, None])
+        return new_peak, denom, summed * rescale[..., None] + part
+
     def forward(
         self,
         queries: torch.Tensor,
@@ -169,31 +201,30 @@ class SegmentMultiHead(nn.Module):
         valid: torch.Tensor,
         num_segments: int,
         micro: int,
+        recompute: bool = False,
+        features: Callable[..., torch.Tensor] | None = None,
+        shared: tuple[torch.Tensor | None, ...] = (),
     ) -> torch.Tensor:
         nq, d = queries.shape
         h, dh = self.heads, d // self.heads
-        q = self.q(queries).view(nq, h, dh)
-        k = self.k(x).view(x.shape[0], h, dh)  # (T, h, dh)
-        v = self.v(x).view(x.shape[0], h, dh)
-        scores = torch.einsum("qhd,thd->tqh", q, k) / math.sqrt(dh)  # (T, Q, h)
-        scores = scores.masked_fill(~valid[:, None, None], torch.finfo(scores.dtype).min)
-        # Softmax is shift-invariant, so the per-segment max needs no gradient.
-        peak = scores.new_full((num_segments, nq, h), torch.finfo(scores.dtype).min)
-        peak = peak.scatter_reduce(0, segment[:, None, None].expand_as(scores), scores.detach(), "amax")
-        weight = torch.exp(scores - peak[segment]) * valid[:, None, None]  # (T, Q, h); never overflows
-        denom = scores.new_zeros(num_segments, nq, h).index_add(0, segment, weight)
-        summed = scores.new_zeros(num_segments, nq, h, dh)
-        # The weighted values are (T, Q, h, dh): accumulate them a slice at a time to bound memory. The loop
-        # runs at least once so that v stays in the graph for an empty set (DDP wants every parameter used).
+        q = self.q(queries).view(nq, h, dh) / math.sqrt(dh)
+        peak = q.new_full((num_segments, nq, h), torch.finfo(q.dtype).min)
+        denom = q.new_zeros(num_segments, nq, h)
+        summed = q.new_zeros(num_segments, nq, h, dh)
+        # At least one slice, so that every parameter is used even for an empty set (DDP requires it).
         for s in range(0, max(x.shape[0], 1), micro):
-            part = weight[s : s + micro, :, :, None] * v[s : s + micro, None]
-            summed = summed.index_add(0, segment[s : s + micro], part)
+            rows = (x[s : s + micro], segment[s : s + micro], valid[s : s + micro])
+            args = (*rows, q, peak, denom, summed, features, *shared)
+            if recompute:
+                peak, denom, summed = checkpoint(self._slice, *args, use_reentrant=False)
+            else:
+                peak, denom, summed = self._slice(*args)
         out = summed / denom.clamp_min(1e-30)[..., None]  # (S, Q, h, dh)
         return self.o(out.reshape(num_segments, nq, d))
 
 
 class SegmentMAB(nn.Module):
-    """MAB(I, X) for learned queries I (Q, D) shared by every segment of packed x (T, D) → (S, Q, D)."""
+    """MAB(I, X) for queries I (Q, D) shared by every segment of packed x (T, D) → (S, Q, D)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -201,61 +232,10 @@ class SegmentMAB(nn.Module):
         self.ff = _ff(dim)
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
 
-    def forward(
-        self,
-        queries: torch.Tensor,
-        x: torch.Tensor,
-        segment: torch.Tensor,
-        valid: torch.Tensor,
-        num_segments: int,
-        micro: int,
-    ) -> torch.Tensor:
-        h = self.ln1(queries + self.attn(queries, x, segment, valid, num_segments, micro))
+    def forward(self, queries: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """queries (Q, D); the rest as SegmentMultiHead.forward."""
+        h = self.ln1(queries + self.attn(queries, *args, **kwargs))
         return self.ln2(h + self.ff(h))
-
-
-class SegmentISAB(nn.Module):
-    """Induced set attention per segment: X' = MAB(X, MAB(I, X)), linear cost in the set size.
-
-    x (T, D) packed, segment (T,), valid (T,) → (T, D); rows are processed in micro-batches of `micro`.
-    """
-
-    def __init__(self, dim: int, heads: int, inducing_points: int) -> None:
-        super().__init__()
-        self.inducing = nn.Parameter(torch.randn(inducing_points, dim) / math.sqrt(dim))
-        self.induce = SegmentMAB(dim, heads)
-        self.back = MAB(dim, heads)
-
-    def _back(self, x: torch.Tensor, segment: torch.Tensor, induced: torch.Tensor) -> torch.Tensor:
-        # Each element attends to its own segment's m induced vectors.
-        return self.back(x[:, None], induced[segment])[:, 0]
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        segment: torch.Tensor,
-        valid: torch.Tensor,
-        num_segments: int,
-        micro: int,
-        recompute: bool,
-    ) -> torch.Tensor:
-        induced = self.induce(self.inducing, x, segment, valid, num_segments, micro)  # (S, m, D)
-        return micro_batched(self._back, micro, recompute, x, segment, shared=(induced,))
-
-
-class SegmentPMA(nn.Module):
-    """PMA over the valid elements of each segment: x (T, D) → (S, D)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.seed = nn.Parameter(torch.zeros(1, dim))  # zero for the same reason as PMA's
-        self.ff = _ff(dim)
-        self.mab = SegmentMAB(dim, heads)
-
-    def forward(
-        self, x: torch.Tensor, segment: torch.Tensor, valid: torch.Tensor, num_segments: int, micro: int
-    ) -> torch.Tensor:
-        return self.mab(self.seed, self.ff(x), segment, valid, num_segments, micro)[:, 0]
 
 
 class ChunkEncoder(nn.Module):
@@ -307,12 +287,31 @@ class ChunkEncoder(nn.Module):
 
 
 class LayerPool(nn.Module):
-    """Chunk vectors (T, D) of each layer → one vector per layer (Lt, D): ISAB → +depth → PMA."""
+    """Chunk vectors (T, D) of each layer → one vector per layer (Lt, D): ISAB → + depth → PMA.
+
+    ISAB(X) = MAB(X, MAB(I, X)) with m inducing points (linear in the number of chunks); PMA(Y) =
+    MAB(S, rFF(Y)) with one seed. The ISAB output is produced slice by slice inside PMA's attention, so the
+    only (T, D) tensor is the input.
+    """
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.isab = SegmentISAB(cfg.hidden, cfg.heads, cfg.inducing_points)
-        self.pma = SegmentPMA(cfg.hidden, cfg.heads)
+        d = cfg.hidden
+        self.inducing = nn.Parameter(torch.randn(cfg.inducing_points, d) / math.sqrt(d))
+        self.induce = SegmentMAB(d, cfg.heads)
+        self.back = MAB(d, cfg.heads)
+        self.seed = nn.Parameter(torch.zeros(1, d))  # zero for the same reason as PMA's
+        self.ff = _ff(d)
+        self.pool = SegmentMAB(d, cfg.heads)
+
+    def _features(
+        self, x: torch.Tensor, layer: torch.Tensor, induced: torch.Tensor, depth: torch.Tensor | None
+    ) -> torch.Tensor:
+        """rFF(ISAB(X) + depth) for rows x (n, D): each chunk attends to its own layer's m induced vectors."""
+        y = self.back(x[:, None], induced[layer])[:, 0]
+        if depth is not None:
+            y = y + depth[layer]
+        return self.ff(y)
 
     def forward(
         self,
@@ -324,14 +323,28 @@ class LayerPool(nn.Module):
         micro: int,
         recompute: bool,
     ) -> torch.Tensor:
-        x = self.isab(x, layer, valid, num_layers, micro, recompute)
-        if depth is not None:
-            x = x + depth[layer]
-        return self.pma(x, layer, valid, num_layers, micro)
+        induced = self.induce(self.inducing, x, layer, valid, num_layers, micro, recompute)  # (Lt, m, D)
+        pooled = self.pool(
+            self.seed,
+            x,
+            layer,
+            valid,
+            num_layers,
+            micro,
+            recompute,
+            features=self._features,
+            shared=(induced, depth),
+        )
+        return pooled[:, 0]
 
 
 class SNE(nn.Module):
-    """Set-based neural network encoder + property head over a packed batch from collate_chunk_records."""
+    """Set-based neural network encoder + property head over a packed batch from collate_chunk_records.
+
+    embed(batch) → (B, D) embeddings; forward(batch) → (B,) predictions. Both are invariant to the order of
+    chunks within a layer and to padding (padded elements, chunks or layers), and any mix of linear / conv
+    layers may share a batch. Memory follows chunk_micro_batch; only the (T, D) chunk vectors scale with T.
+    """
 
     def __init__(self, cfg: EncoderConfig | None = None) -> None:
         super().__init__()

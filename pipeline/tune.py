@@ -230,20 +230,27 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
         cfg = r.config or {}
         hist = r.metrics_dataframe
         vals = hist[METRIC].dropna().tolist() if hist is not None and METRIC in hist else []
-        metrics = r.metrics or {}
+        trial_id = (r.metrics or {}).get("trial_id", "?")
+        # The trial's MLflow child run holds its final test metrics (named after the trial).
+        run_id = tracking.find_run(tracking_uri, base.experiment, f"{name}-{trial_id}")
+        test_tau = tracking.run_metrics(tracking_uri, run_id).get("test_kendall_tau") if run_id else None
+        if r.error:
+            status = "error"
+        elif len(vals) >= spec.max_epochs and test_tau is not None:
+            status = "completed"
+        else:
+            status = "stopped early"
         table.append(
             {
-                "trial_id": os.path.basename(r.path) if r.path else "?",
+                "trial_id": trial_id,
                 "chunk_size": int(cfg.get("chunk_size", base.chunk_size)),
                 "invariance_weight": float(cfg.get("invariance_weight", base.invariance_weight)),
                 "lr": float(cfg.get("lr", base.lr)),
                 "epochs": len(vals),
                 "best_val_kendall_tau": float(max(vals)) if vals else float("nan"),
-                "test_kendall_tau": metrics.get("test_kendall_tau"),
-                "run_id": metrics.get("run_id"),
-                "status": "error"
-                if r.error
-                else ("completed" if "test_kendall_tau" in metrics else "stopped early"),
+                "test_kendall_tau": test_tau,
+                "run_id": run_id,
+                "status": status,
                 "error": str(r.error).splitlines()[0][:300] if r.error else None,
             }
         )
