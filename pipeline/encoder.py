@@ -80,10 +80,19 @@ def micro_batched(
     With recompute, each slice runs under activation checkpointing, so backward memory follows the slice.
     `shared` tensors are passed whole to every call.
     """
-    if rows[0].shape[0] == 0:
+    total = rows[0].shape[0]
+    if total == 0:
         return fn(*rows, *shared)
+    if not torch.is_grad_enabled():
+        # Inference: fill one output instead of concatenating, which would hold the result twice.
+        first = fn(*(r[:micro] for r in rows), *shared)
+        out = first.new_empty((total, *first.shape[1:]))
+        out[: first.shape[0]] = first
+        for s in range(micro, total, micro):
+            out[s : s + micro] = fn(*(r[s : s + micro] for r in rows), *shared)
+        return out
     outs = []
-    for s in range(0, rows[0].shape[0], micro):
+    for s in range(0, total, micro):
         args = (*(r[s : s + micro] for r in rows), *shared)
         outs.append(checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
     return torch.cat(outs)

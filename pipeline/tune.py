@@ -88,7 +88,10 @@ def _trial(tune_config: dict) -> dict:
         train_callbacks=[TuneReportCallback()],
         log=lambda _: None,
     )
-    return {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
+    out = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
+    # Tune treats the return value as a last result, which must carry the sweep's metric.
+    out[METRIC] = final["best_val_kendall_tau"]
+    return out
 
 
 def heatmap(table: list[dict], path: str, title: str) -> str:
@@ -207,7 +210,9 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
                 mode="max",
                 scheduler=ASHAScheduler(
                     time_attr="training_iteration",
-                    max_t=spec.max_epochs,
+                    # One past the last epoch: ASHA would otherwise stop every trial at its final
+                    # report, before the driver function evaluates on the test set and returns.
+                    max_t=spec.max_epochs + 1,
                     grace_period=min(spec.grace_period, spec.max_epochs),
                     reduction_factor=2,
                 ),
@@ -236,7 +241,7 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
         test_tau = tracking.run_metrics(tracking_uri, run_id).get("test_kendall_tau") if run_id else None
         if r.error:
             status = "error"
-        elif len(vals) >= spec.max_epochs and test_tau is not None:
+        elif len(vals) >= spec.max_epochs:
             status = "completed"
         else:
             status = "stopped early"

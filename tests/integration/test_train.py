@@ -65,19 +65,19 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_zoo, tmp_path, ray_instance):
     config = _config(tiny_zoo, tmp_path, run_name="resume-me", epochs=6, statnn=False)
-    train_dir = storage.join(config.storage, "train", "resume-me")
-    fs, path = storage.filesystem(train_dir)
+    uri = tracking.resolve_tracking_uri(config.tracking_uri)
 
     # The driver runs as a Ray task so it can be killed like a crashed job; its Train run dies with it.
     driver = ray_instance.remote(num_cpus=0.25, max_retries=0)(run_training).remote(config, log=print)
-    deadline = time.time() + 300
+    deadline = time.time() + 400
     while time.time() < deadline:
-        fs.invalidate_cache()
-        if fs.exists(path) and any("checkpoint_" in p for p in fs.ls(path, detail=False)):
+        # Epoch 1 logged means epoch 0's report (and checkpoint) completed: `report` is a barrier.
+        run_id = tracking.find_run(uri, config.experiment, "resume-me")
+        if run_id and any(m.value >= 1 for m in tracking._client(uri).get_metric_history(run_id, "epoch")):
             break
         time.sleep(1)
     else:
-        pytest.fail("no checkpoint appeared within 300 s")
+        pytest.fail("epoch 1 was not reached within 400 s")
     ray_instance.cancel(driver, force=True)
     with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
         ray_instance.get(driver, timeout=60)
