@@ -66,7 +66,7 @@ def test_grid_sweep_creates_parent_and_child_runs_and_stops_weak_trials(zoo_buck
         ("8", "0.0"),
         ("8", "0.5"),
     }
-    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    assert all(c.info.status != "RUNNING" for c in children)  # no trial left dangling
     client = tracking._client(summary["tracking_uri"])
     artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
     assert {"trials.json", "trials.txt", "val_tau_heatmap.png"} <= artifacts
