@@ -139,3 +139,19 @@ def make_checkpoint(
 @pytest.fixture
 def checkpoint_factory():
     return make_checkpoint
+
+
+def run_then_kill(ray, fn, args: tuple, ready, what: str, timeout: float = 400.0) -> None:
+    """Run ``fn(*args)`` as a Ray task (like a job's driver), wait until ``ready()``, then kill it.
+
+    A killed driver takes its Train run / Tune trials with it, as a crashed job would.
+    """
+    driver = ray.remote(num_cpus=0.25, max_retries=0)(fn).remote(*args)
+    deadline = time.time() + timeout
+    while not ready():
+        if time.time() > deadline:
+            pytest.fail(f"{what} not reached within {timeout:.0f} s")
+        time.sleep(1)
+    ray.cancel(driver, force=True)
+    with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
+        ray.get(driver, timeout=60)

@@ -1,11 +1,10 @@
 """Ray Train on a real (tiny) zoo through the S3 server, with MLflow logging, resume and prediction."""
 
 import math
-import time
 
 import numpy as np
 import pytest
-from conftest import new_bucket
+from conftest import new_bucket, run_then_kill
 
 from pipeline import storage, tracking
 from pipeline.config import debug, from_dict
@@ -67,20 +66,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_zoo, tmp_path, ray_i
     config = _config(tiny_zoo, tmp_path, run_name="resume-me", epochs=6, statnn=False)
     uri = tracking.resolve_tracking_uri(config.tracking_uri)
 
-    # The driver runs as a Ray task so it can be killed like a crashed job; its Train run dies with it.
-    driver = ray_instance.remote(num_cpus=0.25, max_retries=0)(run_training).remote(config, log=print)
-    deadline = time.time() + 400
-    while time.time() < deadline:
+    def epoch_one_logged() -> bool:
         # Epoch 1 logged means epoch 0's report (and checkpoint) completed: `report` is a barrier.
         run_id = tracking.find_run(uri, config.experiment, "resume-me")
-        if run_id and any(m.value >= 1 for m in tracking._client(uri).get_metric_history(run_id, "epoch")):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("epoch 1 was not reached within 400 s")
-    ray_instance.cancel(driver, force=True)
-    with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
-        ray_instance.get(driver, timeout=60)
+        return bool(run_id) and any(
+            m.value >= 1 for m in tracking._client(uri).get_metric_history(run_id, "epoch")
+        )
+
+    run_then_kill(ray_instance, run_training, (config,), epoch_one_logged, "epoch 1")
 
     final = run_training(config, log=lambda _: None)
     assert final["run_name"] == "resume-me"

@@ -1,9 +1,8 @@
 """A 2×2 sweep (chunk size × λ) through the S3 server with MLflow parent/child runs, ASHA and resume."""
 
-import time
 
 import pytest
-from conftest import new_bucket
+from conftest import new_bucket, run_then_kill
 
 from pipeline import tracking
 from pipeline.config import debug, from_dict
@@ -75,23 +74,14 @@ def test_grid_sweep_creates_parent_and_child_runs_and_stops_weak_trials(zoo_buck
 def test_an_interrupted_sweep_resumes_instead_of_starting_over(zoo_bucket, tmp_path, ray_instance):
     base = _base(zoo_bucket, tmp_path)
     spec = SweepSpec(**GRID, max_epochs=2, grace_period=2, max_concurrent_trials=1, name="resumable")
-    driver = ray_instance.remote(num_cpus=0.25, max_retries=0)(run_sweep).remote(base, spec, log=print)
-    deadline = time.time() + 400
-    parent = None
-    while time.time() < deadline:  # wait until the first trial has finished, then kill the sweep
-        parent = parent or tracking.find_run(
-            tracking.resolve_tracking_uri(base.tracking_uri), base.experiment, "resumable"
-        )
-        if parent and any(
-            c.info.status == "FINISHED" for c in tracking.child_runs(base.tracking_uri, parent)
-        ):
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("no trial finished within 400 s")
-    ray_instance.cancel(driver, force=True)
-    with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
-        ray_instance.get(driver, timeout=60)
+    uri = tracking.resolve_tracking_uri(base.tracking_uri)
+
+    def a_trial_finished() -> bool:
+        parent = tracking.find_run(uri, base.experiment, "resumable")
+        return bool(parent) and any(c.info.status == "FINISHED" for c in tracking.child_runs(uri, parent))
+
+    run_then_kill(ray_instance, run_sweep, (base, spec), a_trial_finished, "a finished trial")
+    parent = tracking.find_run(uri, base.experiment, "resumable")
 
     summary = run_sweep(base, spec, log=lambda _: None)
     assert summary["parent_run_id"] == parent
