@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 TASKS = ("random", "cross-dataset", "cross-architecture")
 LOSSES = ("mse", "bce")
 NORMALIZATIONS = ("fan_in", "none")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 def repo_root() -> str:
@@ -53,6 +54,7 @@ class TrainConfig:
     inducing_points: int = 8
     chunk_micro_batch: int = 4096
     positional_encoding: bool = True
+    embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1
@@ -60,6 +62,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 3e-4  # Adam at 1e-3 diverged in 5 of 8 overfit runs of this encoder; 3e-4 in none
     weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # linear warm-up over the first 5% of steps, then cosine decay; or "constant"
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 0
     # resources
     num_workers: int = 2
@@ -74,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.task == "cross-dataset" and not (self.train_datasets and self.test_datasets):

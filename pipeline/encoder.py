@@ -34,6 +34,11 @@ class EncoderConfig:
     checkpoint_chunks: bool = True  # recompute micro-batches in backward so training memory stays bounded
     positional_encoding: bool = True  # layer-type + depth encodings; False is the paper's ablation
     head_hidden: int = 64
+    # Batch-standardise the embedding before the head. Each pooling stage averages many elements, so at
+    # initialisation the embeddings of different networks differ by ~1e-3 of their norm (measured on the small
+    # zoo; ~1e-4 on tiny MLPs) and the head sees nearly one point; standardising across the batch restores
+    # a unit spread between checkpoints from the first step.
+    embedding_norm: bool = True
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
@@ -81,7 +86,9 @@ def micro_batched(
     `shared` tensors are passed whole to every call.
     """
     total = rows[0].shape[0]
-    if total == 0:
+    if total <= micro:
+        # One slice: recomputing it in backward would hold the same activations at the peak and cost a
+        # second forward (measured: 1.6x the step time), so memory already follows the slice.
         return fn(*rows, *shared)
     if not torch.is_grad_enabled():
         # Inference: fill one output instead of concatenating, which would hold the result twice.
@@ -112,11 +119,13 @@ class MultiHead(nn.Module):
         q = self.q(x).view(n, nq, h, d // h).transpose(1, 2)  # (N, h, Q, dh)
         k = self.k(y).view(n, nk, h, d // h).transpose(1, 2)  # (N, h, K, dh)
         v = self.v(y).view(n, nk, h, d // h).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # (N, h, Q, K)
+        bias = None
         if key_mask is not None:
-            # A finite fill keeps fully padded sets finite (their rows are ignored downstream).
-            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-        out = scores.softmax(-1) @ v  # (N, h, Q, dh)
+            # An additive mask with a finite fill (not a boolean one) keeps fully padded sets finite; their
+            # rows are ignored downstream. The fused kernel is 2x faster than matmul-softmax-matmul on CPU.
+            bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~key_mask, torch.finfo(q.dtype).min)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (N, h, Q, dh)
         return self.o(out.transpose(1, 2).reshape(n, nq, d))
 
 
@@ -365,6 +374,7 @@ class SNE(nn.Module):
         self.bias_layers = LayerPool(cfg)
         self.merge_sab, self.merge_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
         self.network_sab, self.network_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
+        self.embedding_norm = nn.BatchNorm1d(d) if cfg.embedding_norm else nn.Identity()
         self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -422,5 +432,15 @@ class SNE(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Predicted property (B,) for a packed batch."""
-        out = self.head(self.embed(batch))[:, 0]
+        z = self.embed(batch)
+        if self.training and z.shape[0] < 2 and isinstance(self.embedding_norm, nn.BatchNorm1d):
+            # One checkpoint has no batch spread to standardise by (the last batch of an epoch can be
+            # this small): use the running statistics, as in evaluation, instead of failing.
+            norm = self.embedding_norm
+            z = F.batch_norm(
+                z, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
+            )
+        else:
+            z = self.embedding_norm(z)
+        out = self.head(z)[:, 0]
         return torch.sigmoid(out) if self.cfg.output == "sigmoid" else out

@@ -38,7 +38,8 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
             state, meta = load_encoder_files(local)
     else:
         state, meta = load_encoder_files(encoder)
-    sne = SNE(EncoderConfig(**meta["encoder"], output="linear"))
+    # Encoders exported before the embedding norm existed carry no "embedding_norm" key and no such layer.
+    sne = SNE(EncoderConfig(**{"embedding_norm": False, **meta["encoder"]}, output="linear"))
     sne.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     sne.eval()
     return sne, meta

@@ -8,6 +8,7 @@ predictions from rank 0 (``Result.return_value``).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ def encoder_config(config: TrainConfig) -> EncoderConfig:
         inducing_points=config.inducing_points,
         chunk_micro_batch=config.chunk_micro_batch,
         positional_encoding=config.positional_encoding,
+        embedding_norm=config.embedding_norm,
         output="linear",
     )
 
@@ -90,6 +92,8 @@ def train_step(
     loss = loss_task + lam * loss_inv
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
     optimizer.step()
     return {"loss": float(loss), "task_loss": float(loss_task), "invariance_loss": float(loss_inv)}
 
@@ -114,13 +118,24 @@ def predict_records(
     return out
 
 
+def lr_factor(step: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` of ``total_steps``."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, total_steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def _unwrap(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder.module if hasattr(encoder, "module") else encoder
 
 
 def train_fn_per_worker(loop_config: dict) -> dict | None:
     """Ray Train loop. ``loop_config``: {"config": TrainConfig dict, "target_mean", "target_std",
-    "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
+    "train_records", "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
     import ray.train
     import ray.train.torch
 
@@ -135,6 +150,12 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     scaler = TargetScaler(loop_config["target_mean"], loop_config["target_std"])
     encoder = build_encoder(config)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # Every worker takes the same number of steps per epoch (DDP), set by the largest shard.
+    shard = math.ceil(loop_config["train_records"] / max(1, ctx.get_world_size()))
+    total_steps = config.epochs * math.ceil(shard / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, config.lr_schedule)
+    )
 
     start_epoch, best_tau, best_epoch, best_state = 0, -float("inf"), -1, None
     restored = ray.train.get_checkpoint()
@@ -143,6 +164,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=True)
         encoder.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_tau, best_epoch = state["epoch"] + 1, state["best_val_tau"], state["best_epoch"]
         best_state = state["best_encoder"]
     encoder = ray.train.torch.prepare_model(encoder)
@@ -152,8 +174,16 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     rng = np.random.default_rng(config.seed * 1000 + rank)
     for epoch in range(start_epoch, config.epochs):
         losses = []
-        for raw_batch in train_shard.iter_batches(batch_size=config.batch_size, batch_format="numpy"):
+        batches = train_shard.iter_batches(
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            # A fresh, reproducible order every epoch; the buffer spans a whole laptop-sized shard.
+            local_shuffle_buffer_size=1024,
+            local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank,
+        )
+        for raw_batch in batches:
             losses.append(train_step(encoder, optimizer, records_from_batch(raw_batch), config, scaler, rng))
+            scheduler.step()
         val = predict_records(
             encoder, val_shard.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
         )
@@ -182,6 +212,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
                     {
                         "encoder": _unwrap(encoder).state_dict(),
                         "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
                         "epoch": epoch,
                         "best_val_tau": best_tau,
                         "best_epoch": best_epoch,

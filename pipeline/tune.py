@@ -262,6 +262,11 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
     table.sort(
         key=lambda t: -t["best_val_kendall_tau"] if not math.isnan(t["best_val_kendall_tau"]) else math.inf
     )
+    # A trial ASHA stopped ended inside trainer.fit, which may have marked its run FAILED (or left it
+    # RUNNING if the actor died first): it was stopped on purpose, so its run says KILLED.
+    for t in table:
+        if t["status"] == "stopped early" and t["run_id"]:
+            tracking.end_run(tracking_uri, t["run_id"], "KILLED")
     tracking.terminate_children(tracking_uri, parent_id, status="KILLED")
     finished = [t for t in table if not math.isnan(t["best_val_kendall_tau"])]
     best = finished[0] if finished else None

@@ -26,6 +26,8 @@ def test_overrides_are_type_checked_and_converted():
         ({"task": "cross-dataset", "train_datasets": "digits"}, "needs --train-datasets and --test-datasets"),
         ({"hidden": 30, "heads": 4}, "multiple of heads"),
         ({"loss": "bce", "property": "frequency"}, "loss bce needs a property in [0, 1]"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
+        ({"grad_clip": -1}, "grad_clip must be >= 0"),
     ],
 )
 def test_bad_overrides_are_rejected_with_the_field_named(overrides, message):
@@ -56,3 +58,14 @@ def test_command_line_flags_map_onto_the_config():
     assert c.hidden == cfg.debug().hidden  # untouched fields keep the preset's value
     with pytest.raises(SystemExit):
         p.parse_args(["--no-such-flag", "1"])
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    from pipeline.train import lr_factor
+
+    factors = [lr_factor(step, 100, "cosine") for step in range(100)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)  # 5 warm-up steps
+    assert all(a >= b for a, b in zip(factors[4:-1], factors[5:], strict=True))  # then never rises
+    assert factors[-1] < 0.01
+    assert lr_factor(100, 100, "cosine") == pytest.approx(0.0)
+    assert {lr_factor(s, 100, "constant") for s in (0, 50, 99)} == {1.0}

@@ -230,3 +230,23 @@ def test_config_checks():
     with pytest.raises(ValueError, match="element size 49 exceeds"):
         encoder(_batch(_mixed_checkpoints()))
     assert LAYER_KINDS == ("linear", "conv1d", "conv2d")  # the layer-type encoding indexes this tuple
+
+
+def test_a_training_batch_of_one_checkpoint_works():
+    # The last batch of an epoch can hold a single checkpoint; the embedding norm must not fail on it.
+    encoder = _encoder().train()
+    batch = _batch(_mixed_checkpoints()[:1])
+    out = encoder(batch)
+    assert out.shape == (1,) and torch.isfinite(out).all()
+    out.sum().backward()
+
+
+def test_prediction_does_not_depend_on_the_rest_of_the_batch_in_eval_mode():
+    checkpoints = _mixed_checkpoints()
+    encoder = _encoder().train()
+    encoder(_batch(checkpoints))  # one training forward moves the running statistics
+    encoder.eval()
+    with torch.no_grad():
+        together = encoder(_batch(checkpoints))
+        alone = torch.cat([encoder(_batch([c])) for c in checkpoints])
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=1e-5)

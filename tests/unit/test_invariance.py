@@ -126,3 +126,59 @@ def test_logit_invariance_loss_is_half_mean_squared_difference():
     loss.backward()
     assert pred.grad is not None and pred.grad[0] == 0
     assert logit_invariance_loss(pred, pred.detach()).item() == 0
+
+
+def _trained_permutation_sensitivity(invariance_weight: float) -> float:
+    """Train a small SNE for a few steps with weight λ; return how far its output moves under fresh
+    function-preserving permutations of networks it never saw (mean |f(W) - f(gW)|)."""
+    from pipeline.collate import collate_chunk_records
+    from pipeline.config import debug, from_dict
+    from pipeline.train import TargetScaler, build_encoder, train_step
+
+    rng = np.random.default_rng(0)
+
+    def mlp_record(i: int, seed: int) -> dict:
+        r = np.random.default_rng(seed * 1000 + i)
+        scale = float(r.uniform(0.3, 1.5))
+        layers = [
+            Layer(
+                "0",
+                "linear",
+                (scale * r.normal(size=(12, 6)) / 2.5).astype(np.float32),
+                (0.1 * r.normal(size=12)).astype(np.float32),
+            ),
+            Layer(
+                "1",
+                "linear",
+                (scale * r.normal(size=(8, 12)) / 3.5).astype(np.float32),
+                (0.1 * r.normal(size=8)).astype(np.float32),
+            ),
+            Layer("2", "linear", (r.normal(size=(3, 8)) / 2.8).astype(np.float32), np.zeros(3, np.float32)),
+        ]
+        return chunk_checkpoint(
+            Checkpoint(f"m{seed}-{i}", "mlp", "digits", layers, {"test_accuracy": scale / 1.5}), 4
+        )
+
+    config = from_dict({"invariance_weight": invariance_weight, "chunk_size": 4, "lr": 1e-3}, debug())
+    encoder = build_encoder(config).train()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    train = [mlp_record(i, 1) for i in range(16)]
+    for _ in range(40):
+        train_step(encoder, optimizer, train, config, TargetScaler(0.5, 0.25), rng)
+    encoder.eval()
+    held_out = [mlp_record(i, 2) for i in range(16)]
+    check_rng = np.random.default_rng(99)
+    with torch.no_grad():
+        before = encoder(collate_chunk_records(held_out))
+        moved = [
+            (encoder(collate_chunk_records([permute_record(r, check_rng) for r in held_out])) - before).abs()
+            for _ in range(3)
+        ]
+    return float(torch.stack(moved).mean())
+
+
+def test_training_with_logit_invariance_makes_the_encoder_less_sensitive_to_permutations():
+    torch.set_num_threads(1)
+    without = _trained_permutation_sensitivity(0.0)
+    with_invariance = _trained_permutation_sensitivity(10.0)
+    assert with_invariance < 0.5 * without, (with_invariance, without)
