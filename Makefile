@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration test-sweep lint format clean
+.PHONY: demo test test-unit test-integration lint format clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,6 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 	$(PY) -m pytest -q tests/cluster
-
-# Tune sweep tests (about 10 min): not yet green, so kept out of `make test` until they are.
-test-sweep: $(STAMP)
-	$(PY) -m pytest -q tests/sweep
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -4,7 +4,8 @@ For each zoo: the raw read of the same bytes in one process (every file of the z
 the I/O limit), then prepare into a fresh output; prints checkpoints/s, MB/s, their ratio, and the
 peak resident memory of the driver plus all Ray worker processes (sampled every 0.2 s).
 
-    python jobs/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--json PATH]
+    python jobs/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--stage-to s3://...]
+                                     [--json PATH]
 """
 
 from __future__ import annotations
@@ -63,17 +64,35 @@ def raw_read(uri: str) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
+def stage(src: str, dst: str) -> str:
+    """Copy the zoo at ``src`` to ``dst`` (skipped when ``dst`` already holds as many files); return dst."""
+    src_fs, src_path = storage.filesystem(src)
+    dst_fs, dst_path = storage.filesystem(dst)
+    files = src_fs.find(src_path)
+    if dst_fs.exists(dst_path) and len(dst_fs.find(dst_path)) == len(files):
+        return dst
+    for f in files:
+        storage.write_bytes_atomic(storage.join(dst, f[len(src_path) + 1 :]), src_fs.cat_file(f))
+    return dst
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoo", action="append", required=True)
     p.add_argument("--chunk-size", type=int, default=16)
     p.add_argument("--out-root", default=None, help="where benchmark outputs go (default: beside each zoo)")
+    p.add_argument(
+        "--stage-to",
+        help="copy each zoo under this URI first (e.g. s3://sne/bench) and benchmark the copy",
+    )
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--json")
     args = p.parse_args()
     start_ray(args.num_cpus)
     rows = []
     for zoo in args.zoo:
+        if args.stage_to:
+            zoo = stage(zoo, storage.join(args.stage_to, zoo.rstrip("/").rsplit("/", 1)[-1]))
         listing = open_zoo(zoo)
         nbytes, raw_s = raw_read(zoo)
         out = storage.join(args.out_root or f"{zoo.rstrip('/')}-bench", uuid.uuid4().hex[:8])
@@ -96,6 +115,7 @@ def main() -> None:
             "ratio_to_raw": round(raw_s / prep_s, 3),
             "peak_rss_mb": round(mem.peak / 1e6),
             "baseline_rss_mb": round(mem.base / 1e6),
+            "peak_above_baseline_mb": round((mem.peak - mem.base) / 1e6),
         }
         rows.append(row)
         print(json.dumps(row))

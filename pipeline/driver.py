@@ -79,11 +79,34 @@ def _new_run_name(config: TrainConfig, fingerprint: str) -> str:
     return f"sne-{fingerprint[:8]}-c{config.chunk_size}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def epoch_progress(total_epochs: int):
+    """A Ray Train callback that prints one line per epoch (rank 0's metrics), from the controller."""
+    from ray.train import UserCallback
+
+    class EpochProgress(UserCallback):
+        def __init__(self) -> None:
+            self.started = time.time()
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            m = metrics[0] if metrics else {}
+            if "epoch" not in m:
+                return
+            print(
+                f"epoch {int(m['epoch']) + 1}/{total_epochs}: train loss {m['train_loss']:.4f}  "
+                f"val tau {m['val_kendall_tau']:.3f} (best {m['best_val_kendall_tau']:.3f})  "
+                f"{time.time() - self.started:.0f} s",
+                flush=True,
+            )
+
+    return EpochProgress()
+
+
 def run_training(
     config: TrainConfig | dict,
     *,
     parent_run_id: str | None = None,
     train_callbacks: list | None = None,
+    progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train SNE end to end on the config's zoo and task; see the module docstring."""
@@ -180,7 +203,7 @@ def run_training(
             storage_filesystem=train_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=train_callbacks,
+            callbacks=[*(train_callbacks or []), *([epoch_progress(config.epochs)] if progress else [])],
         ),
         datasets={"train": datasets["train"], "val": datasets["val"]},
         dataset_config=DataConfig(datasets_to_split=["train"]),

@@ -95,7 +95,7 @@ def train_step(
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
     optimizer.step()
-    return {"loss": float(loss), "task_loss": float(loss_task), "invariance_loss": float(loss_inv)}
+    return {"loss": loss.item(), "task_loss": loss_task.item(), "invariance_loss": loss_inv.item()}
 
 
 @torch.no_grad()

@@ -86,6 +86,7 @@ def _trial(tune_config: dict) -> dict:
         config,
         parent_run_id=tune_config["parent_run_id"],
         train_callbacks=[TuneReportCallback()],
+        progress=False,  # Tune prints its own trial table
         log=lambda _: None,
     )
     out = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
@@ -235,13 +236,15 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
         cfg = r.config or {}
         hist = r.metrics_dataframe
         vals = hist[METRIC].dropna().tolist() if hist is not None and METRIC in hist else []
+        # Epochs from the per-epoch reports; the trial's return value adds one more row without "epoch".
+        epochs = int(hist["epoch"].dropna().nunique()) if hist is not None and "epoch" in hist else 0
         trial_id = (r.metrics or {}).get("trial_id", "?")
         # The trial's MLflow child run holds its final test metrics (named after the trial).
         run_id = tracking.find_run(tracking_uri, base.experiment, f"{name}-{trial_id}")
         test_tau = tracking.run_metrics(tracking_uri, run_id).get("test_kendall_tau") if run_id else None
         if r.error:
             status = "error"
-        elif len(vals) >= spec.max_epochs:
+        elif "test_kendall_tau" in (r.metrics or {}):  # the driver returned: it was not stopped
             status = "completed"
         else:
             status = "stopped early"
@@ -251,7 +254,7 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
                 "chunk_size": int(cfg.get("chunk_size", base.chunk_size)),
                 "invariance_weight": float(cfg.get("invariance_weight", base.invariance_weight)),
                 "lr": float(cfg.get("lr", base.lr)),
-                "epochs": len(vals),
+                "epochs": epochs,
                 "best_val_kendall_tau": float(max(vals)) if vals else float("nan"),
                 "test_kendall_tau": test_tau,
                 "run_id": run_id,

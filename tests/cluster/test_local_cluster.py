@@ -114,3 +114,32 @@ def test_ray_job_submit_trains_with_everything_in_s3_and_the_mlflow_server(local
     assert s3.glob("sne/mlflow/**/encoder.safetensors"), "MLflow artifacts are not in the S3 bucket"
     # Credentials never reach MLflow.
     assert "testing" not in str(run.data.params) + str(run.data.tags)
+
+    # The same cluster runs a Tune sweep submitted as a job: one parent run, a child per trial,
+    # the heatmap in the S3 artifact store.
+    swept = _submit(
+        env,
+        *("jobs/tune.py", "--zoo", "s3://sne/zoo", "--storage", "s3://sne/runs", "--preset", "debug"),
+        *(
+            "--chunk-sizes",
+            "8,16",
+            "--invariance-weights",
+            "0",
+            "--max-epochs",
+            "1",
+            "--name",
+            "cluster-sweep",
+        ),
+    )
+    out = swept.stdout + swept.stderr
+    assert swept.returncode == 0 and "succeeded" in swept.stdout, out[-4000:]
+    assert "best: {'chunk_size'" in out
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("sne").experiment_id], "tags.`mlflow.runName` = 'cluster-sweep'"
+    )
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.params["chunk_size"] for c in children) == ["16", "8"]
+    assert s3.glob("sne/mlflow/**/val_tau_heatmap.png"), "the sweep's heatmap is not in S3"
+    assert any("-c8-v" in p for p in s3.ls("sne/runs/chunk-records")), "chunk size 8 was not prepared"
