@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 OUTPUTS = ("linear", "sigmoid")
+ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
 
 
 @dataclass
@@ -296,6 +297,10 @@ class ChunkEncoder(nn.Module):
         # Zero-padded element entries add nothing, so the first e input columns are the whole projection;
         # 1/sqrt(element size) keeps a k*k kernel on the scale of a scalar weight.
         scale = layer_element_size[layer].to(chunks.dtype).rsqrt()[:, None, None]
+        # Soft-clip to ±ELEMENT_LIMIT: near-identity for ordinary (fan-in normalised, |w| of a few units)
+        # weights, bounded for a diverged network's (the small zoo holds one with |w| = 22,000, whose
+        # activations overflowed to NaN a few steps into training).
+        chunks = ELEMENT_LIMIT * torch.tanh(chunks / ELEMENT_LIMIT)
         x = F.linear(chunks, self.project.weight[:, :e]) * scale + self.project.bias  # (N, C, D)
         x = self.project_out(F.gelu(x))
         x = self.sab2(self.sab1(x, mask), mask)

@@ -90,6 +90,12 @@ def train_step(
     loss_task = task_loss(raw[:b], batch["target"][:b], config.loss, scaler)
     loss_inv = logit_invariance_loss(raw[:b], raw[b:]) if lam > 0 else torch.zeros(())
     loss = loss_task + lam * loss_inv
+    if not torch.isfinite(loss):
+        # Stop here: one non-finite step would silently turn every weight into NaN.
+        raise FloatingPointError(
+            f"non-finite training loss ({loss.item()}) on a batch of {b} checkpoints "
+            f"(first ids {batch['ids'][:3]}, predictions finite: {bool(torch.isfinite(raw).all())})"
+        )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:

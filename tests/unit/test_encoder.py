@@ -250,3 +250,21 @@ def test_prediction_does_not_depend_on_the_rest_of_the_batch_in_eval_mode():
         together = encoder(_batch(checkpoints))
         alone = torch.cat([encoder(_batch([c])) for c in checkpoints])
     torch.testing.assert_close(alone, together, atol=1e-5, rtol=1e-5)
+
+
+def test_a_diverged_network_with_huge_weights_trains_without_overflow():
+    # Real zoos hold networks whose training diverged (|w| = 2e4 in our small zoo, far more elsewhere);
+    # they must not turn the encoder's activations or gradients into inf/NaN.
+    checkpoints = _mixed_checkpoints()
+    for layer in checkpoints[0].layers:
+        layer.weight = layer.weight * np.float32(1e20)
+    encoder = _encoder().train()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    batch = _batch(checkpoints)
+    for _ in range(5):
+        out = encoder(batch)
+        assert torch.isfinite(out).all()
+        optimizer.zero_grad()
+        ((out - batch["target"]) ** 2).mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+        optimizer.step()
