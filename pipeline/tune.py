@@ -31,8 +31,8 @@ TRIAL_DRIVER_CPUS = 0.25
 class SweepSpec:
     # Defaults sized for the `small` zoo on a 2-core laptop: 6 trials, two at a time, ASHA halving from
     # epoch 2. One epoch of `small` costs a trial ~2 min on its core with λ > 0 (~1 min with λ = 0), so
-    # the grid needs ~30 min; widen it (e.g. --chunk-sizes 8,16,32,64 --invariance-weights 0,0.01,0.1,1
-    # --max-epochs 30) on a cluster.
+    # the grid should need ~30 min (estimated from that cost, not yet measured). On a cluster, widen it:
+    # --chunk-sizes 8,16,32,64 --invariance-weights 0,0.01,0.1,1 --max-epochs 30.
     chunk_sizes: tuple[int, ...] = (8, 16, 32)
     invariance_weights: tuple[float, ...] = (0.0, 0.1)
     learning_rates: tuple[float, ...] = ()
