@@ -142,4 +142,6 @@ def test_ray_job_submit_trains_with_everything_in_s3_and_the_mlflow_server(local
     )
     assert sorted(c.data.params["chunk_size"] for c in children) == ["16", "8"]
     assert s3.glob("sne/mlflow/**/val_tau_heatmap.png"), "the sweep's heatmap is not in S3"
-    assert any("-c8-v" in p for p in s3.ls("sne/runs/chunk-records")), "chunk size 8 was not prepared"
+    # refresh: s3fs cached this listing before the sweep wrote chunk size 8
+    prepared = s3.ls("sne/runs/chunk-records", refresh=True)
+    assert any("-c8-v" in p for p in prepared), "chunk size 8 was not prepared"
