@@ -124,10 +124,6 @@ def download_artifacts(tracking_uri: str, run_id: str, artifact_path: str, dst: 
     return _client(tracking_uri).download_artifacts(run_id, artifact_path, dst)
 
 
-def run_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
-    return dict(_client(tracking_uri).get_run(run_id).data.metrics)
-
-
 def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 

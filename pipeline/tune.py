@@ -242,13 +242,16 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
         vals = hist[METRIC].dropna().tolist() if hist is not None and METRIC in hist else []
         # Epochs from the per-epoch reports; the trial's return value adds one more row without "epoch".
         epochs = int(hist["epoch"].dropna().nunique()) if hist is not None and "epoch" in hist else 0
-        trial_id = (r.metrics or {}).get("trial_id", "?")
-        # The trial's MLflow child run holds its final test metrics (named after the trial).
-        run_id = tracking.find_run(tracking_uri, base.experiment, f"{name}-{trial_id}")
-        test_tau = tracking.run_metrics(tracking_uri, run_id).get("test_kendall_tau") if run_id else None
+        metrics = r.metrics or {}
+        trial_id = metrics.get("trial_id", "?")
+        # A returned trial carries its run id and test metrics; a stopped one is found by its run name.
+        run_id = metrics.get("run_id") or tracking.find_run(
+            tracking_uri, base.experiment, f"{name}-{trial_id}"
+        )
+        test_tau = metrics.get("test_kendall_tau")
         if r.error:
             status = "error"
-        elif "test_kendall_tau" in (r.metrics or {}):  # the driver returned: it was not stopped
+        elif test_tau is not None:  # the driver returned: it was not stopped
             status = "completed"
         else:
             status = "stopped early"

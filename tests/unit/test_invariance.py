@@ -178,7 +178,11 @@ def _trained_permutation_sensitivity(invariance_weight: float) -> float:
 
 
 def test_training_with_logit_invariance_makes_the_encoder_less_sensitive_to_permutations():
-    torch.set_num_threads(1)
-    without = _trained_permutation_sensitivity(0.0)
-    with_invariance = _trained_permutation_sensitivity(10.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors; restored so later tests keep their threads
+    try:
+        without = _trained_permutation_sensitivity(0.0)
+        with_invariance = _trained_permutation_sensitivity(10.0)
+    finally:
+        torch.set_num_threads(threads)
     assert with_invariance < 0.5 * without, (with_invariance, without)
