@@ -15,7 +15,10 @@ STATS_PER_TENSOR = 7
 
 
 def tensor_statistics(t: np.ndarray) -> np.ndarray:
+    """(7,) mean, std and the 0/25/50/75/100 percentiles; zeros for an empty tensor (a layer without bias)."""
     flat = np.asarray(t, dtype=np.float64).ravel()
+    if flat.size == 0:
+        return np.zeros(STATS_PER_TENSOR)
     return np.concatenate([[flat.mean(), flat.std()], np.percentile(flat, [0, 25, 50, 75, 100])])
 
 

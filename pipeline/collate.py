@@ -13,10 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.baselines import STATS_PER_TENSOR, tensor_statistics
 from pipeline.chunking import SCHEMA_VERSION
 from pipeline.zoo.checkpoint import LAYER_KINDS
 
 NORMALIZATIONS = ("fan_in", "none")
+# Per layer: STATNN's 7 statistics of its (normalised) weights, then the same of its bias.
+LAYER_STATISTICS = 2 * STATS_PER_TENSOR
 
 
 def records_from_batch(batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -44,7 +47,8 @@ def collate_chunk_records(
 
     Returns weight_chunks (T,C,E) float32, weight_mask (T,C) bool, weight_layer (T,) long,
     bias_chunks (U,C,1), bias_mask (U,C), bias_layer (U,), per layer (Lt,) long layer_kind, layer_depth,
-    layer_element_size, layer_checkpoint and float layer_fan_in, target (B,) float (omitted when
+    layer_element_size, layer_checkpoint and float layer_fan_in, layer_statistics (Lt, 14) float (summaries of
+    each layer's normalised weights and bias: STATNN's per-tensor statistics), target (B,) float (omitted when
     property_name is None), and the lists ids, families, datasets.
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
     land on a common scale; "none" keeps raw values. A missing or NaN target, mixed chunk sizes, an unknown
@@ -62,7 +66,7 @@ def collate_chunk_records(
 
     weights, weight_masks, weight_layer = [], [], []
     biases, bias_masks, bias_layer = [], [], []
-    kinds, depths, elem_sizes, fan_ins, owners = [], [], [], [], []
+    kinds, depths, elem_sizes, fan_ins, owners, statistics = [], [], [], [], [], []
     for b, record in enumerate(records):
         if int(record["schema_version"]) != SCHEMA_VERSION:
             raise ValueError(
@@ -77,12 +81,15 @@ def collate_chunk_records(
             fan_in = float(record["layer_fan_in"][i])
             scale = np.float32(math.sqrt(fan_in)) if normalize == "fan_in" else np.float32(1.0)
             w = np.asarray(record["weight_chunks"][i], dtype=np.float32).reshape(-1, c, e) * scale
+            wm = np.asarray(record["weight_mask"][i], dtype=bool).reshape(-1, c)
             weights.append(w)
-            weight_masks.append(np.asarray(record["weight_mask"][i], dtype=bool).reshape(-1, c))
+            weight_masks.append(wm)
             weight_layer.append(np.full(w.shape[0], g, dtype=np.int64))
             bm = np.asarray(record["bias_mask"][i], dtype=bool).reshape(-1, c)
-            biases.append(np.asarray(record["bias_chunks"][i], dtype=np.float32).reshape(-1, c, 1) * scale)
+            bias = np.asarray(record["bias_chunks"][i], dtype=np.float32).reshape(-1, c, 1) * scale
+            biases.append(bias)
             bias_masks.append(bm)
+            statistics.append(np.concatenate([tensor_statistics(w[wm]), tensor_statistics(bias[bm])]))
             bias_layer.append(np.full(bm.shape[0], g, dtype=np.int64))
             kinds.append(LAYER_KINDS.index(str(kind)))
             depths.append(int(record["layer_index"][i]))
@@ -109,6 +116,7 @@ def collate_chunk_records(
         "layer_element_size": torch.tensor(elem_sizes, dtype=torch.long),
         "layer_fan_in": torch.tensor(fan_ins, dtype=torch.float32),
         "layer_checkpoint": torch.tensor(owners, dtype=torch.long),
+        "layer_statistics": torch.from_numpy(np.stack(statistics).astype(np.float32)),
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],

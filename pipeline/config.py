@@ -55,6 +55,7 @@ class TrainConfig:
     chunk_micro_batch: int = 4096
     positional_encoding: bool = True
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
+    layer_statistics: bool = True  # per-layer summaries beside the chunk attention (see EncoderConfig)
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1

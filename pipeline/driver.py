@@ -11,6 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +116,13 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     from pipeline.export import save_encoder
-    from pipeline.train import TargetScaler, build_encoder, predict_records, train_fn_per_worker
+    from pipeline.train import (
+        TargetScaler,
+        build_encoder,
+        encoder_config,
+        predict_records,
+        train_fn_per_worker,
+    )
 
     config = config if isinstance(config, TrainConfig) else from_dict(config)
     config.validate()
@@ -257,14 +264,8 @@ def run_training(
         )
     with tempfile.TemporaryDirectory() as d:
         meta = {
-            "encoder": {
-                "hidden": config.hidden,
-                "heads": config.heads,
-                "inducing_points": config.inducing_points,
-                "chunk_micro_batch": config.chunk_micro_batch,
-                "positional_encoding": config.positional_encoding,
-                "embedding_norm": config.embedding_norm,
-            },
+            # Every encoder setting, so predict rebuilds exactly this architecture (output is its own choice).
+            "encoder": {k: v for k, v in asdict(encoder_config(config)).items() if k != "output"},
             "chunk_size": config.chunk_size,
             "normalize": config.normalize,
             "property": config.property,

@@ -38,8 +38,9 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
             state, meta = load_encoder_files(local)
     else:
         state, meta = load_encoder_files(encoder)
-    # Encoders exported before the embedding norm existed carry no "embedding_norm" key and no such layer.
-    sne = SNE(EncoderConfig(**{"embedding_norm": False, **meta["encoder"]}, output="linear"))
+    # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer.
+    older = {"embedding_norm": False, "layer_statistics": False}
+    sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}, output="linear"))
     sne.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     sne.eval()
     return sne, meta

@@ -48,6 +48,7 @@ def encoder_config(config: TrainConfig) -> EncoderConfig:
         chunk_micro_batch=config.chunk_micro_batch,
         positional_encoding=config.positional_encoding,
         embedding_norm=config.embedding_norm,
+        layer_statistics=config.layer_statistics,
         output="linear",
     )
 

@@ -30,9 +30,8 @@ TRIAL_DRIVER_CPUS = 0.25
 @dataclass
 class SweepSpec:
     # Defaults sized for the `small` zoo on a 2-core laptop: 6 trials, two at a time, ASHA halving from
-    # epoch 2. One epoch of `small` costs a trial ~2 min on its core with λ > 0 (~1 min with λ = 0), so
-    # the grid should need ~30 min (estimated from that cost, not yet measured). On a cluster, widen it:
-    # --chunk-sizes 8,16,32,64 --invariance-weights 0,0.01,0.1,1 --max-epochs 30.
+    # epoch 2. Measured: 34.6 min on 2 cores, chunk-record preparation included (README). On a cluster,
+    # widen it: --chunk-sizes 8,16,32,64 --invariance-weights 0,0.01,0.1,1 --max-epochs 30.
     chunk_sizes: tuple[int, ...] = (8, 16, 32)
     invariance_weights: tuple[float, ...] = (0.0, 0.1)
     learning_rates: tuple[float, ...] = ()
@@ -100,7 +99,7 @@ def _trial(tune_config: dict) -> dict:
 
 
 def heatmap(table: list[dict], path: str, title: str) -> str:
-    """Best validation τ over chunk size × λ (mean over other settings); writes a PNG."""
+    """Best validation τ over chunk size × λ (mean over other settings), with epochs run; writes a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,16 +108,15 @@ def heatmap(table: list[dict], path: str, title: str) -> str:
     chunks = sorted({r["chunk_size"] for r in table})
     lams = sorted({r["invariance_weight"] for r in table})
     grid = np.full((len(chunks), len(lams)), np.nan)
+    epochs = np.zeros(grid.shape, dtype=int)
     for i, c in enumerate(chunks):
         for j, lam in enumerate(lams):
-            vals = [
-                r["best_val_kendall_tau"]
-                for r in table
-                if r["chunk_size"] == c and r["invariance_weight"] == lam
-            ]
+            cell = [r for r in table if r["chunk_size"] == c and r["invariance_weight"] == lam]
+            vals = [r["best_val_kendall_tau"] for r in cell]
             vals = [v for v in vals if v is not None and not math.isnan(v)]
             if vals:
                 grid[i, j] = float(np.mean(vals))
+                epochs[i, j] = max(int(r.get("epochs") or 0) for r in cell)
     fig, ax = plt.subplots(figsize=(1.3 * len(lams) + 2.5, 0.9 * len(chunks) + 1.8))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams])
@@ -128,7 +126,9 @@ def heatmap(table: list[dict], path: str, title: str) -> str:
     for i in range(len(chunks)):
         for j in range(len(lams)):
             if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=9)
+                # ASHA stops weak trials early: say how many epochs a cell's τ is after.
+                label = f"{grid[i, j]:.3f}\n{epochs[i, j]} ep" if epochs[i, j] else f"{grid[i, j]:.3f}"
+                ax.text(j, i, label, ha="center", va="center", color="w", fontsize=9)
     fig.colorbar(im, ax=ax, label="best validation Kendall τ")
     ax.set_title(title)
     fig.tight_layout()

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint
+from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint, unchunk_record
 from pipeline.collate import collate_chunk_records, records_from_batch
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 
@@ -104,6 +104,21 @@ def test_fan_in_normalisation_scales_each_layer_by_sqrt_fan_in():
         torch.testing.assert_close(scaled[f"{what}_chunks"], raw[f"{what}_chunks"] * factor)
     with pytest.raises(ValueError, match="normalize"):
         collate_chunk_records(records, normalize="std")
+
+
+def test_layer_statistics_summarise_each_normalised_layer():
+    records = _records()
+    batch = collate_chunk_records(records)  # fan-in normalised
+    stats = batch["layer_statistics"]
+    assert stats.shape == (7, 14) and stats.dtype == torch.float32
+    # cnn layer 1: weight (5, 4, 5, 5) with fan-in 100, bias (5,).
+    cnn = unchunk_record(records[1])
+    weight, bias = cnn["1.weight"] * 10.0, cnn["1.bias"] * 10.0
+    expected = [weight.mean(), weight.std(), *np.percentile(weight, [0, 25, 50, 75, 100])]
+    expected += [bias.mean(), bias.std(), *np.percentile(bias, [0, 25, 50, 75, 100])]
+    np.testing.assert_allclose(stats[3].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The mlp's second layer has no bias: its half of the summary is zero.
+    assert stats[1, 7:].abs().sum() == 0 and stats[1, :7].abs().sum() > 0
 
 
 def test_target_choice_and_missing_targets():

@@ -116,6 +116,7 @@ def test_padded_layers_change_nothing():
     # Two empty layers for the cnn (one with padded chunks, one with none) and one for the mlp.
     extra = {"layer_kind": [2, 0, 1], "layer_depth": [5, 9, 2], "layer_element_size": [9, 1, 3]}
     extra |= {"layer_fan_in": [9.0, 4.0, 6.0], "layer_checkpoint": [1, 1, 0]}
+    extra["layer_statistics"] = (torch.randn(3, batch["layer_statistics"].shape[1]) * 10).tolist()
     for key, values in extra.items():
         batch[key] = torch.cat([batch[key], torch.tensor(values, dtype=batch[key].dtype)])
     _, c, e = batch["weight_chunks"].shape
@@ -155,6 +156,16 @@ def test_positional_encoding_switch():
     out = _embed(without, batch)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(_embed(without, shuffled), out)  # depth is not seen at all
+
+
+def test_layer_statistics_switch():
+    batch = _batch(_mixed_checkpoints())
+    other = dict(batch, layer_statistics=batch["layer_statistics"].flip(0))  # swap the layers' summaries
+    with_stats = _encoder()
+    assert not torch.allclose(_embed(with_stats, batch), _embed(with_stats, other), atol=1e-4)
+    without = _encoder(dataclasses.replace(SMALL, layer_statistics=False))
+    assert without.statistics is None
+    torch.testing.assert_close(_embed(without, other), _embed(without, batch))  # the summaries are not read
 
 
 def test_gradients_flow_through_checkpointed_micro_batches():

@@ -1,0 +1,124 @@
+"""How predictable is a zoo's property from weights? A benchmark of the zoo, not of SNE.
+
+Fits gradient-boosted trees on the random task's split (the same split jobs/train.py uses) with three
+feature sets: the true hyperparameters alone, STATNN's weight statistics, and both. The last is an
+oracle no weight-only method has (it knows the learning rate, epochs, dataset, ... exactly), so its
+test Kendall tau is a practical ceiling for SNE on that zoo. Then a learning curve: the same fits with
+400 / 800 / 1,600 training networks, scored on 400 held-out ones.
+
+    python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+
+from pipeline.baselines import pad_features, statnn_features
+from pipeline.chunking import chunk_checkpoint
+from pipeline.evaluation import regression_metrics
+from pipeline.runtime import fail
+from pipeline.splits import assign_splits
+from pipeline.zoo import Rejection, ZooError
+from pipeline.zoo.listing import read_zoo
+
+
+def hyperparameter_matrix(rows: list[dict]) -> np.ndarray:
+    """Numbers as they are, strings as category codes, anything else (None, nested) as missing."""
+    keys = sorted({k for r in rows for k in r})
+    codes: dict[tuple[str, str], int] = {}
+    out = np.full((len(rows), len(keys)), np.nan)
+    for i, r in enumerate(rows):
+        for j, k in enumerate(keys):
+            v = r.get(k)
+            if isinstance(v, bool | int | float) and math.isfinite(float(v)):
+                out[i, j] = float(v)
+            elif isinstance(v, str) and not v.startswith("{"):
+                out[i, j] = codes.setdefault((k, v), len(codes))
+    return out[:, ~np.isnan(out).all(axis=0)]  # a column that is never set carries nothing
+
+
+def fit_tau(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    seen = ~np.isnan(x[train]).all(axis=0)  # the trees cannot bin a column the training rows never set
+    model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0)
+    model.fit(x[train][:, seen], y[train])
+    return float(regression_metrics(model.predict(x[test][:, seen]), y[test])["kendall_tau"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--zoo", required=True)
+    p.add_argument("--format", default="auto")
+    p.add_argument("--property", default="test_accuracy")
+    p.add_argument("--json", help="write the figures here as JSON")
+    args = p.parse_args()
+    try:
+        items = list(read_zoo(args.zoo, args.format))
+    except ZooError as e:
+        fail(str(e))
+    rejected = [i for i in items if isinstance(i, Rejection)]
+    unlabelled = [
+        i for i in items if not isinstance(i, Rejection) and i.properties.get(args.property) is None
+    ]
+    checkpoints = [
+        i for i in items if not isinstance(i, Rejection) and i.properties.get(args.property) is not None
+    ]
+    if rejected or unlabelled:
+        print(
+            f"left out: {len(rejected)} rejected by the reader, {len(unlabelled)} without {args.property!r}"
+        )
+    if len(checkpoints) < 100:
+        fail(f"{len(checkpoints)} checkpoints with {args.property!r}: too few for a ceiling estimate")
+    y = np.array([float(c.properties[args.property]) for c in checkpoints])
+    features = {
+        "hyperparameters": hyperparameter_matrix([dict(c.hyperparameters) for c in checkpoints]),
+        "statnn": pad_features([statnn_features(chunk_checkpoint(c, 16)) for c in checkpoints]),
+    }
+    features["statnn + hyperparameters (oracle)"] = np.hstack(list(features.values()))
+    split = assign_splits(
+        [c.id for c in checkpoints], [c.family for c in checkpoints], [c.dataset for c in checkpoints]
+    )
+    where = {
+        s: np.array([i for i, c in enumerate(checkpoints) if split[c.id] == s])
+        for s in ("train", "val", "test")
+    }
+
+    figures: dict = {
+        "zoo": args.zoo,
+        "property": args.property,
+        "networks": len(checkpoints),
+        "random_task": {},
+    }
+    fitted = np.concatenate([where["train"], where["val"]])
+    print(
+        f"{args.zoo}: {len(checkpoints)} networks; random task, fit on {len(fitted)}, test on {len(where['test'])}"
+    )
+    for name, x in features.items():
+        # Trees have no epochs to select: they fit train + val, as jobs/train.py's STATNN does.
+        tau = fit_tau(x, y, fitted, where["test"])
+        figures["random_task"][name] = tau
+        print(f"  {name:36s} test tau {tau:.3f}")
+
+    # Learning curve: more training networks taken from the test half, scored on its last 400.
+    held = where["test"][-400:]
+    pool = np.concatenate([where["train"], where["val"], where["test"][:-400]])
+    figures["learning_curve"] = {}
+    print("learning curve (tau on 400 held-out networks):")
+    for n in (400, 800, 1600):
+        if n > len(pool):
+            break
+        row = {name: fit_tau(x, y, pool[:n], held) for name, x in features.items()}
+        figures["learning_curve"][n] = row
+        print(f"  {n:5d} train: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
