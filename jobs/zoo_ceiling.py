@@ -17,8 +17,7 @@ import math
 
 import numpy as np
 
-from pipeline.baselines import pad_features, statnn_features
-from pipeline.chunking import chunk_checkpoint
+from pipeline.baselines import STATNN, pad_features, state_features
 from pipeline.evaluation import regression_metrics
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
@@ -42,12 +41,10 @@ def hyperparameter_matrix(rows: list[dict]) -> np.ndarray:
 
 
 def fit_tau(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
+    """STATNN's trees on any feature matrix; test Kendall tau."""
     seen = ~np.isnan(x[train]).all(axis=0)  # the trees cannot bin a column the training rows never set
-    model = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, random_state=0)
-    model.fit(x[train][:, seen], y[train])
-    return float(regression_metrics(model.predict(x[test][:, seen]), y[test])["kendall_tau"])
+    model = STATNN().fit(list(x[train][:, seen]), y[train])
+    return float(regression_metrics(model.predict(list(x[test][:, seen])), y[test])["kendall_tau"])
 
 
 def main() -> None:
@@ -61,13 +58,12 @@ def main() -> None:
         items = list(read_zoo(args.zoo, args.format))
     except ZooError as e:
         fail(str(e))
-    rejected = [i for i in items if isinstance(i, Rejection)]
-    unlabelled = [
-        i for i in items if not isinstance(i, Rejection) and i.properties.get(args.property) is None
-    ]
-    checkpoints = [
-        i for i in items if not isinstance(i, Rejection) and i.properties.get(args.property) is not None
-    ]
+    rejected, unlabelled, checkpoints = [], [], []
+    for item in items:
+        if isinstance(item, Rejection):
+            rejected.append(item)
+        else:
+            (unlabelled if item.properties.get(args.property) is None else checkpoints).append(item)
     if rejected or unlabelled:
         print(
             f"left out: {len(rejected)} rejected by the reader, {len(unlabelled)} without {args.property!r}"
@@ -77,7 +73,7 @@ def main() -> None:
     y = np.array([float(c.properties[args.property]) for c in checkpoints])
     features = {
         "hyperparameters": hyperparameter_matrix([dict(c.hyperparameters) for c in checkpoints]),
-        "statnn": pad_features([statnn_features(chunk_checkpoint(c, 16)) for c in checkpoints]),
+        "statnn": pad_features([state_features(c.state_dict()) for c in checkpoints]),
     }
     features["statnn + hyperparameters (oracle)"] = np.hstack(list(features.values()))
     split = assign_splits(

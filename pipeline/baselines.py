@@ -22,9 +22,14 @@ def tensor_statistics(t: np.ndarray) -> np.ndarray:
     return np.concatenate([[flat.mean(), flat.std()], np.percentile(flat, [0, 25, 50, 75, 100])])
 
 
+def state_features(state: dict[str, np.ndarray]) -> np.ndarray:
+    """(7 · tensors,) statistics of a state dict's weights and biases, in its order."""
+    return np.concatenate([tensor_statistics(t) for t in state.values()])
+
+
 def statnn_features(record: dict) -> np.ndarray:
-    """(7 · tensors,) statistics of one chunk record's weights and biases, in state-dict order."""
-    return np.concatenate([tensor_statistics(t) for t in unchunk_record(record).values()])
+    """state_features of one chunk record."""
+    return state_features(unchunk_record(record))
 
 
 def pad_features(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
