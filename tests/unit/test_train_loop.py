@@ -1,0 +1,62 @@
+"""The training loop's pieces that run without Ray: re-estimating the embedding norm before evaluation."""
+
+import numpy as np
+import torch
+
+from pipeline.chunking import chunk_checkpoint
+from pipeline.collate import collate_chunk_records
+from pipeline.config import debug, from_dict
+from pipeline.train import TargetScaler, build_encoder, recalibrate_embedding_norm, train_step
+from pipeline.zoo.checkpoint import Checkpoint, Layer
+
+
+def _records(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scale = rng.uniform(0.5, 2.0)
+        layers = [
+            Layer("0", "linear", (scale * rng.normal(size=(6, 5))).astype(np.float32), np.zeros(6, np.float32)),
+            Layer("1", "linear", rng.normal(size=(2, 6)).astype(np.float32), rng.normal(size=2).astype(np.float32)),
+        ]
+        checkpoint = Checkpoint(f"n{seed}-{i}", "mlp", "digits", layers, {"test_accuracy": scale / 2})
+        out.append(chunk_checkpoint(checkpoint, 4))
+    return out
+
+
+def test_recalibration_sets_the_embedding_norm_to_the_current_weights_statistics():
+    torch.manual_seed(0)
+    config = from_dict({"chunk_size": 4, "invariance_weight": 0.0, "lr": 1e-2}, debug())
+    encoder = build_encoder(config).train()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    train = _records(16, seed=1)
+    for _ in range(10):  # a high learning rate: the running averages trail the moving weights
+        train_step(encoder, optimizer, train, config, TargetScaler(0.5, 0.25), np.random.default_rng(0))
+    calibration = [train[:8], train[8:]]
+    with torch.no_grad():
+        z = [encoder.embed(collate_chunk_records(batch)) for batch in calibration]
+    mean = torch.stack([b.mean(0) for b in z]).mean(0)
+    var = torch.stack([b.var(0) for b in z]).mean(0)  # BatchNorm's running variance is unbiased
+    norm = encoder.embedding_norm
+    assert not torch.allclose(norm.running_mean, mean, rtol=1e-3, atol=1e-5)  # stale before
+
+    recalibrate_embedding_norm(encoder, calibration + [train[:1]], config)  # a 1-record batch is skipped
+
+    torch.testing.assert_close(norm.running_mean, mean, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(norm.running_var, var, rtol=1e-4, atol=1e-7)
+    assert norm.momentum == 0.1 and encoder.training  # settings restored
+    # Evaluation now standardises exactly as training-mode BatchNorm does over the same records.
+    encoder.eval()
+    with torch.no_grad():
+        standardised = encoder.embedding_norm(torch.cat(z))
+    expected = (torch.cat(z) - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+    torch.testing.assert_close(standardised, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_recalibration_is_a_no_op_without_an_embedding_norm():
+    config = from_dict({"chunk_size": 4, "embedding_norm": False}, debug())
+    encoder = build_encoder(config)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    recalibrate_embedding_norm(encoder, [_records(4, seed=2)], config)
+    after = encoder.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
