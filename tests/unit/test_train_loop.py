@@ -16,8 +16,15 @@ def _records(n: int, seed: int) -> list[dict]:
     for i in range(n):
         scale = rng.uniform(0.5, 2.0)
         layers = [
-            Layer("0", "linear", (scale * rng.normal(size=(6, 5))).astype(np.float32), np.zeros(6, np.float32)),
-            Layer("1", "linear", rng.normal(size=(2, 6)).astype(np.float32), rng.normal(size=2).astype(np.float32)),
+            Layer(
+                "0", "linear", (scale * rng.normal(size=(6, 5))).astype(np.float32), np.zeros(6, np.float32)
+            ),
+            Layer(
+                "1",
+                "linear",
+                rng.normal(size=(2, 6)).astype(np.float32),
+                rng.normal(size=2).astype(np.float32),
+            ),
         ]
         checkpoint = Checkpoint(f"n{seed}-{i}", "mlp", "digits", layers, {"test_accuracy": scale / 2})
         out.append(chunk_checkpoint(checkpoint, 4))
