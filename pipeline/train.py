@@ -111,6 +111,15 @@ CALIBRATION_RECORDS = 256
 CALIBRATION_PARAMS = 50_000_000
 
 
+def keep_for_calibration(kept: list[list[dict]], records: list[dict]) -> None:
+    """Append a training batch to ``kept`` while within CALIBRATION_RECORDS and CALIBRATION_PARAMS (the
+    first batch always, whatever its size: it is in memory already)."""
+    count = sum(len(batch) for batch in kept) + len(records)
+    params = sum(int(r["num_params"]) for batch in (*kept, records) for r in batch)
+    if not kept or (count - len(records) < CALIBRATION_RECORDS and params <= CALIBRATION_PARAMS):
+        kept.append(records)
+
+
 @torch.no_grad()
 def recalibrate_embedding_norm(
     encoder: torch.nn.Module, record_batches: list[list[dict]], config: TrainConfig
@@ -226,15 +235,12 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             local_shuffle_buffer_size=1024,
             local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank,
         )
-        calibration, kept, kept_params = [], 0, 0
+        calibration: list[list[dict]] = []
         for raw_batch in batches:
             records = records_from_batch(raw_batch)
             losses.append(train_step(encoder, optimizer, records, config, scaler, rng))
             scheduler.step()
-            params = sum(int(r["num_params"]) for r in records)
-            if not calibration or (kept < CALIBRATION_RECORDS and kept_params + params <= CALIBRATION_PARAMS):
-                calibration.append(records)
-                kept, kept_params = kept + len(records), kept_params + params
+            keep_for_calibration(calibration, records)
         recalibrate_embedding_norm(encoder, calibration, config)
         val = predict_records(
             encoder, val_shard.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
