@@ -51,7 +51,7 @@ def main() -> None:
     if "statnn_test_kendall_tau" in final:
         print(f"   STATNN: {final['statnn_test_kendall_tau']:.3f}", end="")
     print(
-        f"   (R2 {final['test_r2']:.3f}, MSE {final['test_mse']:.5f}; best val tau {final['best_val_kendall_tau']:.3f} at epoch {final['best_epoch']})"
+        f"   (R2 {final['test_r2']:.3f}, MSE {final['test_mse']:.5f}; best val tau {final['best_val_kendall_tau']:.3f} at epoch {final['best_epoch'] + 1})"
     )
     for row in final["per_subset"][1:]:
         tau = row["kendall_tau"]

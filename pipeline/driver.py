@@ -238,7 +238,7 @@ def run_training(
         "test_r2": overall["r2"],
         "test_mse": overall["mse"],
         "best_val_kendall_tau": returned["best_val_kendall_tau"],
-        "best_epoch": returned["best_epoch"],
+        "best_epoch": returned["best_epoch"],  # 0-based, like the MLflow step of the per-epoch metrics
     }
     for r in rows[1:]:
         # MLflow metric names allow no "=": test_kendall_tau/family/mlp
