@@ -10,6 +10,7 @@ and a heatmap of validation Kendall tau. Rerunning with the same --name resumes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -18,6 +19,8 @@ from pipeline.runtime import fail, start_ray
 from pipeline.tracking import ui_command
 from pipeline.tune import SweepSpec, format_trials, grid_size, run_sweep
 from pipeline.zoo import ZooError
+
+TRIAL_WORKERS = 1  # Ray Train workers per trial unless --num-workers says otherwise
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -30,35 +33,71 @@ def _ints(s: str) -> tuple[int, ...]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--chunk-sizes", type=_ints, default=SweepSpec.chunk_sizes)
-    p.add_argument("--invariance-weights", type=_floats, default=SweepSpec.invariance_weights)
+    defaults = SweepSpec()
+
+    def joined(values) -> str:
+        return ",".join(str(v) for v in values)
+
+    p.add_argument(
+        "--chunk-sizes",
+        type=_ints,
+        default=defaults.chunk_sizes,
+        help=f"comma-separated chunk sizes to sweep (default: {joined(defaults.chunk_sizes)})",
+    )
+    p.add_argument(
+        "--invariance-weights",
+        type=_floats,
+        default=defaults.invariance_weights,
+        help=f"comma-separated logit-invariance weights to sweep (default: {joined(defaults.invariance_weights)})",
+    )
     p.add_argument(
         "--learning-rates",
         type=_floats,
         default=(),
         help="also sweep lr over these (grid) or their range (optuna)",
     )
-    p.add_argument("--search", choices=["grid", "optuna"], default="grid")
-    p.add_argument("--num-samples", type=int, default=1, help="grid: repeats; optuna: trials")
-    p.add_argument("--max-epochs", type=int, default=SweepSpec.max_epochs)
+    p.add_argument(
+        "--search",
+        choices=["grid", "optuna"],
+        default=defaults.search,
+        help=f"grid: every combination; optuna: sample the ranges (default: {defaults.search})",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=defaults.num_samples,
+        help=f"grid: repeats; optuna: trials (default: {defaults.num_samples})",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=defaults.max_epochs,
+        help=f"epochs of a trial that ASHA never stops (default: {defaults.max_epochs})",
+    )
     p.add_argument(
         "--grace-period",
         type=int,
-        default=SweepSpec.grace_period,
-        help="ASHA: epochs before a trial may be stopped",
+        default=defaults.grace_period,
+        help=f"ASHA: epochs before a trial may be stopped (default: {defaults.grace_period})",
     )
-    p.add_argument("--max-concurrent-trials", type=int, default=SweepSpec.max_concurrent_trials)
+    p.add_argument(
+        "--max-concurrent-trials",
+        type=int,
+        default=defaults.max_concurrent_trials,
+        help=f"trials running at once (default: {defaults.max_concurrent_trials})",
+    )
     p.add_argument("--name", help="sweep name; rerun with the same name to resume")
     p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
     p.add_argument("--json", help="write the summary here as JSON")
     # Everything else is a training setting; sweeps default to one 0.5-CPU worker per trial so
     # two trials and their data tasks fit a 2-core laptop.
-    cfg.add_arguments(p, skip=("chunk_size", "invariance_weight", "epochs", "statnn"))
+    trial_defaults = dataclasses.replace(cfg.demo(), num_workers=TRIAL_WORKERS)
+    cfg.add_arguments(p, skip=("chunk_size", "invariance_weight", "epochs", "statnn"), shown=trial_defaults)
     args = p.parse_args()
     try:
         base = cfg.from_args(args)
         if args.num_workers is None:
-            base.num_workers = 1
+            base.num_workers = TRIAL_WORKERS
         spec = SweepSpec(
             chunk_sizes=args.chunk_sizes,
             invariance_weights=args.invariance_weights,

@@ -103,6 +103,49 @@ class TrainConfig:
         return self
 
 
+# One line of --help per field; a unit test keeps it complete. Defaults are appended from the preset.
+FIELD_HELP = {
+    "zoo": "zoo to learn from: a local folder or s3:// URI in any of the three zoo formats",
+    "format": "zoo format: auto (detect), native, smallcnnzoo or modelzoos",
+    "steps": "smallcnnzoo only: 'final' (each network's last step) or 'all' (every stored step)",
+    "zoo_epoch": "modelzoos only: which epoch's checkpoint to read (default: each trial's last)",
+    "property": "target to predict, e.g. test_accuracy, generalization_gap, frequency (inr zoo)",
+    "task": f"split protocol: {', '.join(TASKS)}",
+    "train_datasets": "cross-dataset: comma-separated datasets to train on",
+    "test_datasets": "cross-dataset: comma-separated datasets to test on",
+    "train_families": "cross-architecture: comma-separated families to train on",
+    "test_families": "cross-architecture: comma-separated (unseen) families to test on",
+    "split_seed": "seed of the train/val/test assignment",
+    "storage": "local folder or s3:// URI for chunk records and Ray Train checkpoints",
+    "run_name": "name of the run; rerunning with the same name resumes it (default: a fresh name)",
+    "experiment": "MLflow experiment name",
+    "tracking_uri": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite at runs/mlflow.db in the checkout)",
+    "chunk_size": "values per chunk (C): each layer is padded and cut into chunks of this many values",
+    "normalize": f"weight scaling before chunking: {', '.join(NORMALIZATIONS)} (fan_in multiplies by sqrt(fan_in))",
+    "hidden": "width of every attention block; 64 fits better than 32 at twice the time (see README)",
+    "heads": "attention heads (must divide --hidden)",
+    "inducing_points": "inducing points of the layer encoder's induced set attention",
+    "chunk_micro_batch": "chunks encoded at once: peak memory follows this, not the network's size",
+    "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
+    "embedding_norm": "batch-standardise the network embedding before the head",
+    "layer_statistics": "add STATNN's per-layer statistics to each layer's vector (off: the paper's SNE)",
+    "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
+    "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
+    "epochs": "training epochs; the best-validation-tau epoch is kept",
+    "batch_size": "networks per step on each worker (DDP averages the workers' gradients)",
+    "lr": "Adam learning rate; 1e-3 is worth a try on a new zoo (see README)",
+    "weight_decay": "Adam weight decay",
+    "lr_schedule": f"learning-rate schedule: {', '.join(LR_SCHEDULES)} (cosine: 5% warm-up, then cosine decay)",
+    "grad_clip": "max global gradient norm; 0 disables clipping",
+    "seed": "seed of the encoder's initialisation and of the batch order",
+    "num_workers": "Ray Train workers (DDP processes)",
+    "cpus_per_worker": "CPUs each worker reserves (fractions leave room for Ray Data on a laptop)",
+    "use_gpu": "one GPU per worker",
+    "max_failures": "worker failures a run survives, resuming from its last checkpoint",
+    "statnn": "also train the STATNN baseline on the same split and report it",
+}
+
+
 # Named presets: functions, so each call returns a fresh config.
 def demo() -> TrainConfig:
     """The embedded default: the demo zoo on a 2-core laptop."""
@@ -173,17 +216,33 @@ def to_dict(config: TrainConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per config field (underscores become dashes); defaults stay in the dataclass."""
+def add_arguments(
+    parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), shown: TrainConfig | None = None
+) -> None:
+    """One ``--flag`` per config field (underscores become dashes); defaults stay in the dataclass.
+
+    The help shows ``shown``'s values (default: the demo preset's); argparse's own default stays None
+    so that only flags given on the command line override the chosen preset.
+    """
     hints = typing.get_type_hints(TrainConfig)
+    shown = shown or demo()
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = getattr(shown, f.name)
+        text = FIELD_HELP[f.name]
+        if isinstance(default, tuple):
+            default = ",".join(default) or None
+        if default is not None:  # a None default is described by the help itself
+            text += f" (default: {default})"
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         if hints[f.name] is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         else:
-            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper())
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="demo", help="starting point for the config"
     )

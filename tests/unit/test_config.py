@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 
 import pytest
 
@@ -69,3 +70,19 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert factors[-1] < 0.01
     assert lr_factor(100, 100, "cosine") == pytest.approx(0.0)
     assert {lr_factor(s, 100, "constant") for s in (0, 50, 99)} == {1.0}
+
+
+def test_every_flag_explains_itself_and_shows_its_default():
+    assert set(cfg.FIELD_HELP) == {f.name for f in dataclasses.fields(cfg.TrainConfig)}
+    p = argparse.ArgumentParser()
+    cfg.add_arguments(p)
+    text = " ".join(p.format_help().split())  # undo argparse's line wrapping
+    assert "--chunk-size CHUNK_SIZE values per chunk" in text
+    assert "(default: 16)" in text and "(default: 0.0003)" in text
+    assert "5% warm-up" in text  # a literal % survives argparse's formatting
+    shown = dataclasses.replace(cfg.demo(), num_workers=1)
+    p = argparse.ArgumentParser()
+    cfg.add_arguments(p, shown=shown)
+    text = " ".join(p.format_help().split())
+    assert "Ray Train workers (DDP processes) (default: 1)" in text
+    assert p.parse_args([]).num_workers is None  # showing a default does not set it
