@@ -122,7 +122,7 @@ FIELD_HELP = {
     "tracking_uri": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite at runs/mlflow.db in the checkout)",
     "chunk_size": "values per chunk (C): each layer is padded and cut into chunks of this many values",
     "normalize": f"weight scaling before chunking: {', '.join(NORMALIZATIONS)} (fan_in multiplies by sqrt(fan_in))",
-    "hidden": "width of every attention block; 64 fits better than 32 at twice the time (see README)",
+    "hidden": "width of every attention block; 64 costs twice the time of 32 for no clear gain (see README)",
     "heads": "attention heads (must divide --hidden)",
     "inducing_points": "inducing points of the layer encoder's induced set attention",
     "chunk_micro_batch": "chunks encoded at once: peak memory follows this, not the network's size",
