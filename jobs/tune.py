@@ -34,21 +34,17 @@ def _ints(s: str) -> tuple[int, ...]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = SweepSpec()
-
-    def joined(values) -> str:
-        return ",".join(str(v) for v in values)
-
     p.add_argument(
         "--chunk-sizes",
         type=_ints,
         default=defaults.chunk_sizes,
-        help=f"comma-separated chunk sizes to sweep (default: {joined(defaults.chunk_sizes)})",
+        help="comma-separated chunk sizes to sweep (default: %(default)s)",
     )
     p.add_argument(
         "--invariance-weights",
         type=_floats,
         default=defaults.invariance_weights,
-        help=f"comma-separated logit-invariance weights to sweep (default: {joined(defaults.invariance_weights)})",
+        help="comma-separated logit-invariance weights to sweep (default: %(default)s)",
     )
     p.add_argument(
         "--learning-rates",
@@ -60,31 +56,31 @@ def main() -> None:
         "--search",
         choices=["grid", "optuna"],
         default=defaults.search,
-        help=f"grid: every combination; optuna: sample the ranges (default: {defaults.search})",
+        help="grid: every combination; optuna: sample the ranges (default: %(default)s)",
     )
     p.add_argument(
         "--num-samples",
         type=int,
         default=defaults.num_samples,
-        help=f"grid: repeats; optuna: trials (default: {defaults.num_samples})",
+        help="grid: repeats; optuna: trials (default: %(default)s)",
     )
     p.add_argument(
         "--max-epochs",
         type=int,
         default=defaults.max_epochs,
-        help=f"epochs of a trial that ASHA never stops (default: {defaults.max_epochs})",
+        help="epochs of a trial that ASHA never stops (default: %(default)s)",
     )
     p.add_argument(
         "--grace-period",
         type=int,
         default=defaults.grace_period,
-        help=f"ASHA: epochs before a trial may be stopped (default: {defaults.grace_period})",
+        help="ASHA: epochs before a trial may be stopped (default: %(default)s)",
     )
     p.add_argument(
         "--max-concurrent-trials",
         type=int,
         default=defaults.max_concurrent_trials,
-        help=f"trials running at once (default: {defaults.max_concurrent_trials})",
+        help="trials running at once (default: %(default)s)",
     )
     p.add_argument("--name", help="sweep name; rerun with the same name to resume")
     p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
