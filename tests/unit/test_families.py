@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -61,6 +62,20 @@ def test_siren_is_the_papers_inr():
     module, checkpoint = _checkpoint(families.siren_architecture())
     assert [tuple(layer.weight.shape) for layer in checkpoint.layers] == [(32, 1), (32, 32), (1, 32)]
     assert module(torch.zeros(5, 1)).shape == (5, 1)
+
+
+def test_siren_initialisation_starts_every_sine_layer_at_low_frequency():
+    torch.manual_seed(0)
+    module = families.build_module(families.siren_architecture())
+    families.initialize(module, "siren")
+    first, hidden, output = (layer for _, layer in families.weighted_layers(module))
+    # The DWS sine-wave data's rule, first layer included: |w| ≤ sqrt(6 / fan_in) / w0, zero biases.
+    assert first.weight.abs().max() <= math.sqrt(6.0) / families.SIREN_W0
+    assert first.weight.abs().max() > 0.9 * math.sqrt(6.0) / families.SIREN_W0
+    assert hidden.weight.abs().max() <= math.sqrt(6.0 / 32) / families.SIREN_W0
+    assert not first.bias.any() and not hidden.bias.any()
+    # The output layer keeps torch's default (uniform within ±1/sqrt(fan_in), bias too).
+    assert output.bias.abs().item() > 0 and output.weight.abs().max() <= 1 / math.sqrt(32)
 
 
 def test_layer_names_say_where_a_layer_sits():

@@ -84,8 +84,9 @@ def test_public_formats_restrict_the_family():
     assert {s["family"] for s in generate.plan("demo", format="modelzoos")} == {"cnn-s"}
     inr = generate.plan("inr")
     assert len(inr) == 3000 and {s["family"] for s in inr} == {"siren"}
-    frequencies = [s["hyperparameters"]["frequency"] for s in inr]
-    assert min(frequencies) >= 0.5 and max(frequencies) <= 10.0
+    for coefficient in ("frequency", "amplitude"):  # the DWS sine-wave data's U(0, 10)
+        values = [s["hyperparameters"][coefficient] for s in inr]
+        assert min(values) >= 0.0 and max(values) <= 10.0 and max(values) > 9.9
     with pytest.raises(ValueError, match="cannot hold"):
         generate.plan("inr", format="smallcnnzoo")
     with pytest.raises(ValueError, match="unknown preset"):
@@ -156,8 +157,11 @@ def test_siren_fits_its_sine_wave():
     hyper = spec["hyperparameters"]
     assert checkpoint.properties["frequency"] == hyper["frequency"]
     assert checkpoint.properties["amplitude"] == hyper["amplitude"]
-    # Fitted: the error is a small fraction of the signal's power a²/2.
+    # Fitted: the error is a small fraction of the signal's power a²/2, and training stopped because
+    # the fit reached the stopping loss, not because it ran out of steps.
     assert checkpoint.properties["fit_error"] < 0.01 * hyper["amplitude"] ** 2 / 2
+    assert checkpoint.properties["fit_error"] <= hyper["stop_loss"]
+    assert 0 < checkpoint.hyperparameters["steps"] < hyper["max_steps"]
     assert [tuple(layer.weight.shape) for layer in checkpoint.layers] == [(32, 1), (32, 32), (1, 32)]
     assert validate(checkpoint) is None
 
