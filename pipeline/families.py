@@ -276,8 +276,9 @@ def initialize(module: nn.Module, scheme: str, std: float = 0.05) -> None:
                 # zero bias; the output layer keeps torch's default. So does the DWS sine-wave data the SNE
                 # paper used, which never applies SIREN's first-layer rule U(±1/fan_in): the first layer
                 # starts at low frequencies (|w0·w| ≤ 2.4) and training must grow its weights to fit the wave,
-                # which writes the wave's frequency into the weights' spread (rank correlation of the second
-                # layer's std with b: 0.86, against 0.20 with the first-layer rule; see README).
+                # which writes the wave's frequency into the weights' spread: over the 3,000 inr networks the
+                # rank correlation of the second layer's std with b is 0.82; trained the same way from the
+                # first-layer rule, −0.01 (200 networks), and the frequency hides in small adjustments.
                 if index == len(layers) - 1:
                     continue
                 bound = math.sqrt(6.0 / weight.shape[1]) / SIREN_W0
