@@ -129,9 +129,10 @@ def recalibrate_embedding_norm(
     Training standardises each batch by its own statistics, evaluation by running averages collected
     while the weights moved. Where networks' embeddings are nearly alike (INRs) the lagging averages
     shift every embedding far more than networks differ, and evaluation loses the ranking (measured on
-    the inr zoo: validation R² between -28 and -0.4 and τ near 0, against a steady 0.15-0.19 and 0.28-0.30
-    after this). So before each evaluation the averages are recomputed over some of the epoch's
-    training batches, equally weighted ("precise BatchNorm"). A no-op without an embedding norm.
+    our first inr zoo, SIREN first-layer init: validation R² between -28 and -0.4 and τ near 0, against
+    a steady 0.15-0.19 and 0.28-0.30 after this). So before each evaluation the averages are recomputed
+    over some of the epoch's training batches, equally weighted ("precise BatchNorm"). A no-op without an
+    embedding norm.
     """
     module = _unwrap(encoder)
     norm = getattr(module, "embedding_norm", None)
