@@ -1,12 +1,17 @@
 """How predictable is a zoo's property from weights? A benchmark of the zoo, not of SNE.
 
-Fits gradient-boosted trees on the random task's split (the same split jobs/train.py uses) with three
-feature sets: the true hyperparameters alone, STATNN's weight statistics, and both. The last is an
-oracle no weight-only method has (it knows the learning rate, epochs, dataset, ... exactly), so its
-test Kendall tau is a practical ceiling for SNE on that zoo. Then a learning curve: the same fits with
-400 / 800 / 1,600 training networks, scored on 400 held-out ones.
+Fits gradient-boosted trees on the random task's split (the same split jobs/train.py uses) with
+four feature sets: the true hyperparameters alone, STATNN's weight statistics, per-layer set
+features (baselines.layer_set_features: what an encoder that summarises each layer on its own can
+see), and STATNN + hyperparameters. The last is an oracle no weight-only method has (it knows the
+learning rate, epochs, dataset, ... exactly), so its test Kendall tau is a practical ceiling for SNE
+on that zoo. On a sine-wave INR zoo (family siren; property frequency or amplitude) it also reads the
+property from each network's function (generate.fitted_sine): the floor on the error of any
+weight-based method. Then a learning curve: the same fits with 400 / 800 / 1,600 training networks,
+scored on 400 held-out ones.
 
     python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH]
+    python jobs/zoo_ceiling.py --zoo data/inr-zoo --property frequency
 """
 
 from __future__ import annotations
@@ -17,17 +22,23 @@ import math
 
 import numpy as np
 
-from pipeline.baselines import STATNN, pad_features, state_features
+from pipeline.baselines import STATNN, layer_set_features, pad_features, state_features
 from pipeline.evaluation import regression_metrics
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
 from pipeline.zoo import Rejection, ZooError
 from pipeline.zoo.listing import read_zoo
 
+SINE_PROPERTIES = {"frequency": 0, "amplitude": 1}  # position in generate.fitted_sine's (b, a)
 
-def hyperparameter_matrix(rows: list[dict]) -> np.ndarray:
-    """Numbers as they are, strings as category codes, anything else (None, nested) as missing."""
-    keys = sorted({k for r in rows for k in r})
+
+def hyperparameter_matrix(rows: list[dict], exclude: str) -> np.ndarray:
+    """Numbers as they are, strings as category codes, anything else (None, nested) as missing.
+
+    ``exclude`` is the property being predicted: a generated INR records its target among its
+    hyperparameters, and an oracle handed the answer measures nothing.
+    """
+    keys = sorted({k for r in rows for k in r} - {exclude})
     codes: dict[tuple[str, str], int] = {}
     out = np.full((len(rows), len(keys)), np.nan)
     for i, r in enumerate(rows):
@@ -40,11 +51,24 @@ def hyperparameter_matrix(rows: list[dict]) -> np.ndarray:
     return out[:, ~np.isnan(out).all(axis=0)]  # a column that is never set carries nothing
 
 
-def fit_tau(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
-    """STATNN's trees on any feature matrix; test Kendall tau."""
+def fit_trees(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """STATNN's trees on any feature matrix; test Kendall tau and MSE."""
     seen = ~np.isnan(x[train]).all(axis=0)  # the trees cannot bin a column the training rows never set
     model = STATNN().fit(list(x[train][:, seen]), y[train])
-    return float(regression_metrics(model.predict(list(x[test][:, seen])), y[test])["kendall_tau"])
+    metrics = regression_metrics(model.predict(list(x[test][:, seen])), y[test])
+    return {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
+
+
+def read_from_function(checkpoints: list, prop: str) -> np.ndarray:
+    """The property of each sine-wave INR as its own output shows it (generate.fitted_sine)."""
+    from pipeline.families import module_from_checkpoint
+    from pipeline.generate import fitted_sine
+
+    return np.array([fitted_sine(module_from_checkpoint(c))[SINE_PROPERTIES[prop]] for c in checkpoints])
+
+
+def _line(metrics: dict[str, float]) -> str:
+    return f"tau {metrics['kendall_tau']:.3f}  MSE {metrics['mse']:.4g}"
 
 
 def main() -> None:
@@ -71,11 +95,17 @@ def main() -> None:
     if len(checkpoints) < 100:
         fail(f"{len(checkpoints)} checkpoints with {args.property!r}: too few for a ceiling estimate")
     y = np.array([float(c.properties[args.property]) for c in checkpoints])
+    states = [c.state_dict() for c in checkpoints]
     features = {
-        "hyperparameters": hyperparameter_matrix([dict(c.hyperparameters) for c in checkpoints]),
-        "statnn": pad_features([state_features(c.state_dict()) for c in checkpoints]),
+        "hyperparameters": hyperparameter_matrix(
+            [dict(c.hyperparameters) for c in checkpoints], args.property
+        ),
+        "statnn": pad_features([state_features(s) for s in states]),
+        "per-layer sets": pad_features([layer_set_features(s) for s in states]),
     }
-    features["statnn + hyperparameters (oracle)"] = np.hstack(list(features.values()))
+    features["statnn + hyperparameters (oracle)"] = np.hstack(
+        [features["statnn"], features["hyperparameters"]]
+    )
     split = assign_splits(
         [c.id for c in checkpoints], [c.family for c in checkpoints], [c.dataset for c in checkpoints]
     )
@@ -88,29 +118,36 @@ def main() -> None:
         "zoo": args.zoo,
         "property": args.property,
         "networks": len(checkpoints),
+        "test_variance": float(y[where["test"]].var()),
         "random_task": {},
     }
     fitted = np.concatenate([where["train"], where["val"]])
     print(
-        f"{args.zoo}: {len(checkpoints)} networks; random task, fit on {len(fitted)}, test on {len(where['test'])}"
+        f"{args.zoo}: {len(checkpoints)} networks; random task, fit on {len(fitted)}, test on "
+        f"{len(where['test'])} (variance of {args.property} there: {figures['test_variance']:.4g})"
     )
     for name, x in features.items():
         # Trees have no epochs to select: they fit train + val, as jobs/train.py's STATNN does.
-        tau = fit_tau(x, y, fitted, where["test"])
-        figures["random_task"][name] = tau
-        print(f"  {name:36s} test tau {tau:.3f}")
+        figures["random_task"][name] = fit_trees(x, y, fitted, where["test"])
+        print(f"  {name:36s} test {_line(figures['random_task'][name])}")
+    if args.property in SINE_PROPERTIES and all(c.family == "siren" for c in checkpoints):
+        read = read_from_function([checkpoints[i] for i in where["test"]], args.property)
+        metrics = regression_metrics(read, y[where["test"]])
+        row = {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
+        figures["random_task"]["read from the function"] = row
+        print(f"  {'read from the function (no training)':36s} test {_line(row)}")
 
     # Learning curve: more training networks taken from the test half, scored on its last 400.
     held = where["test"][-400:]
     pool = np.concatenate([where["train"], where["val"], where["test"][:-400]])
     figures["learning_curve"] = {}
-    print("learning curve (tau on 400 held-out networks):")
+    print("learning curve (on 400 held-out networks):")
     for n in (400, 800, 1600):
         if n > len(pool):
             break
-        row = {name: fit_tau(x, y, pool[:n], held) for name, x in features.items()}
+        row = {name: fit_trees(x, y, pool[:n], held) for name, x in features.items()}
         figures["learning_curve"][n] = row
-        print(f"  {n:5d} train: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        print(f"  {n:5d} train: " + ", ".join(f"{k} {_line(v)}" for k, v in row.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

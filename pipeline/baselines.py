@@ -3,6 +3,7 @@
 For every weight and bias tensor in computation order: mean, standard deviation and the
 0/25/50/75/100 percentiles (7 numbers). Mixed zoos have different tensor counts, so the feature
 vector is padded with NaN to the longest network in the batch; the trees treat NaN as missing.
+``layer_set_features`` is a richer per-layer summary for measuring a zoo (jobs/zoo_ceiling.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from pipeline.chunking import unchunk_record
 
 STATS_PER_TENSOR = 7
+LAYER_QUANTILES = np.linspace(0.0, 1.0, 21)
 
 
 def tensor_statistics(t: np.ndarray) -> np.ndarray:
@@ -25,6 +27,33 @@ def tensor_statistics(t: np.ndarray) -> np.ndarray:
 def state_features(state: dict[str, np.ndarray]) -> np.ndarray:
     """(7 · tensors,) statistics of a state dict's weights and biases, in its order."""
     return np.concatenate([tensor_statistics(t) for t in state.values()])
+
+
+def layer_set_features(state: dict[str, np.ndarray]) -> np.ndarray:
+    """(105 · layers,) what a per-layer set encoder could see of each layer, in fixed length for trees.
+
+    Per layer, 21 quantiles (0, 5, ..., 100%) of: its weights, their magnitudes, the norms of its rows
+    (output units), the norms of its columns (input units), and its bias (zeros without one). None of
+    them changes when the layer's units are permuted, and none links a unit to the next layer's
+    weights for it: the most an encoder that summarises each layer on its own (as SNE's hierarchy
+    does) can use, beyond STATNN's 7 numbers per tensor.
+    """
+    out = []
+    for name, weight in state.items():
+        if not name.endswith(".weight"):
+            continue
+        w = np.asarray(weight, dtype=np.float64)
+        w = w.reshape(w.shape[0], w.shape[1] if w.ndim > 1 else 1, -1)  # (out, in, kernel elements)
+        bias = np.asarray(state.get(name[: -len("weight")] + "bias", np.zeros(0)), dtype=np.float64)
+        columns = (
+            w.ravel(),
+            np.abs(w).ravel(),
+            np.sqrt((w**2).sum(axis=(1, 2))),
+            np.sqrt((w**2).sum(axis=(0, 2))),
+            bias.ravel() if bias.size else np.zeros(1),
+        )
+        out += [np.quantile(c, LAYER_QUANTILES) for c in columns]
+    return np.concatenate(out)
 
 
 def statnn_features(record: dict) -> np.ndarray:

@@ -11,6 +11,7 @@ or seed into the same location is refused instead of mixing two zoos.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ SIREN_MAX_STEPS = 1500
 SIREN_STOP_LOSS = 1e-4
 SIREN_LEARNING_RATE = 1e-3
 SIREN_WEIGHT_DECAY = 1e-4
+SINE_FREQUENCY_STEP = 0.005  # resolution of fitted_sine's search over b
 EVAL_BATCH = 1000
 
 
@@ -337,6 +339,38 @@ def sine_wave(frequency: float, amplitude: float):
     x = torch.arange(SINE_POINTS, dtype=torch.float64) / SINE_POINTS * 2 * math.pi - math.pi
     y = amplitude * torch.sin(frequency * x)
     return x.float().unsqueeze(1), y.float().unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=1)
+def _sine_basis():
+    """(frequencies (F,), sin(b·x) on the sine grid (F, SINE_POINTS), their squared norms (F,)), float64."""
+    import torch
+
+    x = sine_wave(0.0, 0.0)[0].double().squeeze(1)
+    top = 1.05 * SINE_COEFFICIENT_MAX  # a little beyond the sampled range, so an edge b is not clamped
+    frequencies = torch.arange(0.0, top + SINE_FREQUENCY_STEP / 2, SINE_FREQUENCY_STEP, dtype=torch.float64)
+    basis = torch.sin(frequencies[:, None] * x[None, :])
+    return frequencies, basis, (basis * basis).sum(dim=1)
+
+
+def fitted_sine(network) -> tuple[float, float]:
+    """(b, a) of the wave a·sin(b·x) that best fits what ``network`` computes on the sine grid.
+
+    Least squares: b on a grid of step SINE_FREQUENCY_STEP, a in closed form for each b. It reads the
+    property from the network's function, not from its weights, so its error on a zoo is a floor for
+    any weight-based predictor (a network fitted to an amplitude near 0 computes nearly the same
+    function whatever its b). ``network`` is any callable from (SINE_POINTS, 1) inputs to outputs.
+    """
+    import torch
+
+    frequencies, basis, energy = _sine_basis()
+    with torch.no_grad():
+        y = network(sine_wave(0.0, 0.0)[0]).double().reshape(-1)
+    projection = basis @ y
+    # The residual of the best a for each b; b = 0 has no energy and can never win.
+    residual = y @ y - projection**2 / energy.clamp(min=1e-12)
+    best = int(torch.argmin(residual))
+    return float(frequencies[best]), float(projection[best] / energy[best].clamp(min=1e-12))
 
 
 def _train_siren(spec: dict[str, Any]) -> list[Checkpoint]:

@@ -164,6 +164,18 @@ def test_siren_fits_its_sine_wave():
     assert 0 < checkpoint.hyperparameters["steps"] < hyper["max_steps"]
     assert [tuple(layer.weight.shape) for layer in checkpoint.layers] == [(32, 1), (32, 32), (1, 32)]
     assert validate(checkpoint) is None
+    # The network's own output gives its wave back, to within what an MSE of 1e-4 leaves unsaid
+    # (what jobs/zoo_ceiling.py reads as a floor).
+    frequency, amplitude = generate.fitted_sine(families.module_from_checkpoint(checkpoint))
+    assert abs(frequency - hyper["frequency"]) < 0.01 * hyper["frequency"]
+    assert abs(amplitude - hyper["amplitude"]) < 0.01 * hyper["amplitude"]
+
+
+@pytest.mark.parametrize("frequency, amplitude", [(3.217, 2.5), (9.99, 0.7), (0.3, 5.0), (10.4, 0.05)])
+def test_fitted_sine_recovers_an_exact_wave(frequency, amplitude):
+    b, a = generate.fitted_sine(lambda x: amplitude * torch.sin(frequency * x))
+    assert abs(b - frequency) <= generate.SINE_FREQUENCY_STEP / 2 + 1e-9
+    assert abs(a - amplitude) < 1e-3 * amplitude
 
 
 def test_train_shard_commits_a_readable_native_shard(tmp_path):

@@ -1,0 +1,70 @@
+"""Weight-statistics features: STATNN's per-tensor numbers and the per-layer set summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline import families
+from pipeline.baselines import LAYER_QUANTILES, layer_set_features, state_features
+
+PER_LAYER = 5 * len(LAYER_QUANTILES)
+
+
+def _mlp_state(seed: int) -> dict[str, np.ndarray]:
+    torch.manual_seed(seed)
+    arch = {"family": "mlp", "input_shape": [6], "ops": [
+        {"op": "linear", "in": 6, "out": 5}, {"op": "relu"},
+        {"op": "linear", "in": 5, "out": 4}, {"op": "relu"},
+        {"op": "linear", "in": 4, "out": 3},
+    ]}  # fmt: skip
+    module = families.build_module(arch)
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def test_layer_set_features_ignore_a_function_preserving_permutation_of_hidden_units():
+    state = _mlp_state(0)
+    names = list(state)  # weight, bias of each linear layer in order
+    permuted = dict(state)
+    order = np.random.default_rng(1).permutation(5)  # the first hidden layer's units
+    permuted[names[0]] = state[names[0]][order]
+    permuted[names[1]] = state[names[1]][order]
+    permuted[names[2]] = state[names[2]][:, order]
+    assert not np.array_equal(permuted[names[0]], state[names[0]])
+    features = layer_set_features(state)
+    assert features.shape == (3 * PER_LAYER,)
+    np.testing.assert_allclose(layer_set_features(permuted), features)
+    # ... while a different network of the same shape looks different.
+    assert not np.allclose(layer_set_features(_mlp_state(2)), features)
+
+
+def test_layer_set_features_of_a_known_layer():
+    # One output unit with weights (3, 4) and no bias: row norm 5, column norms 3 and 4.
+    features = layer_set_features({"fc.weight": np.array([[3.0, 4.0]])}).reshape(5, len(LAYER_QUANTILES))
+    values, magnitudes, rows, columns, bias = features
+    assert values[0] == 3.0 and values[-1] == 4.0
+    np.testing.assert_allclose(magnitudes, values)
+    np.testing.assert_allclose(rows, 5.0)
+    assert columns[0] == 3.0 and columns[-1] == 4.0
+    np.testing.assert_allclose(bias, 0.0)
+
+
+def test_layer_set_features_treat_a_kernel_as_one_connection():
+    # conv (out 2, in 3, 2x2): a row norm covers an output channel, a column norm an input channel.
+    weight = np.arange(24, dtype=np.float64).reshape(2, 3, 2, 2)
+    features = layer_set_features({"conv.weight": weight, "conv.bias": np.array([1.0, -1.0])})
+    rows, columns, bias = features.reshape(5, len(LAYER_QUANTILES))[2:]
+    np.testing.assert_allclose([rows[0], rows[-1]], sorted(np.linalg.norm(weight.reshape(2, -1), axis=1)))
+    in_norms = np.sqrt((weight**2).sum(axis=(0, 2, 3)))
+    np.testing.assert_allclose([columns[0], columns[-1]], [in_norms.min(), in_norms.max()])
+    assert bias[0] == -1.0 and bias[-1] == 1.0
+
+
+def test_statnn_features_are_seven_numbers_per_tensor():
+    state = _mlp_state(0)
+    features = state_features(state)
+    assert features.shape == (7 * len(state),)
+    w = state[next(iter(state))].astype(np.float64)
+    np.testing.assert_allclose(
+        features[:7], [w.mean(), w.std(), w.min(), *np.percentile(w, [25, 50, 75]), w.max()]
+    )
