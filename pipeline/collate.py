@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.baselines import STATS_PER_TENSOR, tensor_statistics
+from pipeline.baselines import STATS_PER_TENSOR, layer_summary, tensor_statistics
 from pipeline.chunking import SCHEMA_VERSION
 from pipeline.zoo.checkpoint import LAYER_KINDS
 
@@ -47,9 +47,10 @@ def collate_chunk_records(
 
     Returns weight_chunks (T,C,E) float32, weight_mask (T,C) bool, weight_layer (T,) long,
     bias_chunks (U,C,1), bias_mask (U,C), bias_layer (U,), per layer (Lt,) long layer_kind, layer_depth,
-    layer_element_size, layer_checkpoint and float layer_fan_in, layer_statistics (Lt, 14) float (summaries of
-    each layer's normalised weights and bias: STATNN's per-tensor statistics), target (B,) float (omitted when
-    property_name is None), and the lists ids, families, datasets.
+    layer_element_size, layer_checkpoint and float layer_fan_in, two summaries of each layer's normalised
+    weights and bias: layer_statistics (Lt, 14) float (STATNN's per-tensor statistics) and layer_summary
+    (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of its values, row and column RMS, bias),
+    target (B,) float (omitted when property_name is None), and the lists ids, families, datasets.
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
     land on a common scale; "none" keeps raw values. A missing or NaN target, mixed chunk sizes, an unknown
     layer kind or schema version raise ValueError.
@@ -66,7 +67,7 @@ def collate_chunk_records(
 
     weights, weight_masks, weight_layer = [], [], []
     biases, bias_masks, bias_layer = [], [], []
-    kinds, depths, elem_sizes, fan_ins, owners, statistics = [], [], [], [], [], []
+    kinds, depths, elem_sizes, fan_ins, owners, statistics, summaries = [], [], [], [], [], [], []
     for b, record in enumerate(records):
         if int(record["schema_version"]) != SCHEMA_VERSION:
             raise ValueError(
@@ -90,6 +91,9 @@ def collate_chunk_records(
             biases.append(bias)
             bias_masks.append(bm)
             statistics.append(np.concatenate([tensor_statistics(w[wm]), tensor_statistics(bias[bm])]))
+            # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e) again.
+            in_units = max(1, round(fan_in / e))
+            summaries.append(layer_summary(w[wm].reshape(-1, in_units, e), bias[bm]))
             bias_layer.append(np.full(bm.shape[0], g, dtype=np.int64))
             kinds.append(LAYER_KINDS.index(str(kind)))
             depths.append(int(record["layer_index"][i]))
@@ -117,6 +121,7 @@ def collate_chunk_records(
         "layer_fan_in": torch.tensor(fan_ins, dtype=torch.float32),
         "layer_checkpoint": torch.tensor(owners, dtype=torch.long),
         "layer_statistics": torch.from_numpy(np.stack(statistics).astype(np.float32)),
+        "layer_summary": torch.from_numpy(np.stack(summaries).astype(np.float32)),
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],

@@ -18,6 +18,7 @@ TASKS = ("random", "cross-dataset", "cross-architecture")
 LOSSES = ("mse", "bce")
 NORMALIZATIONS = ("fan_in", "none")
 LR_SCHEDULES = ("cosine", "constant")
+LAYER_SUMMARIES = ("sets", "statnn")  # the keys of encoder.LAYER_SUMMARIES (config stays free of torch)
 
 
 def repo_root() -> str:
@@ -56,6 +57,8 @@ class TrainConfig:
     positional_encoding: bool = True
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
     layer_statistics: bool = True  # per-layer summaries beside the chunk attention (see EncoderConfig)
+    # which summary: "sets" (quantiles, row and column RMS) or "statnn" (7 numbers per tensor)
+    layer_summary: str = "sets"
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.num_workers < 0 or self.cpus_per_worker <= 0:
             raise ValueError("num_workers must be >= 0 and cpus_per_worker > 0")
+        if self.layer_summary not in LAYER_SUMMARIES:
+            raise ValueError(f"layer_summary must be one of {LAYER_SUMMARIES}, got {self.layer_summary!r}")
         if self.invariance_weight < 0:
             raise ValueError(f"invariance_weight must be >= 0, got {self.invariance_weight}")
         return self
@@ -128,7 +133,8 @@ FIELD_HELP = {
     "chunk_micro_batch": "chunks encoded at once: peak memory follows this, not the network's size",
     "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
     "embedding_norm": "batch-standardise the network embedding before the head",
-    "layer_statistics": "add STATNN's per-layer statistics to each layer's vector (off: the paper's SNE)",
+    "layer_statistics": "add a summary of each layer to its vector (off: the paper's SNE)",
+    "layer_summary": "that summary: sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",

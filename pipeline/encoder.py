@@ -19,9 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pipeline.baselines import LAYER_SUMMARY
 from pipeline.collate import LAYER_STATISTICS
 
 OUTPUTS = ("linear", "sigmoid")
+# EncoderConfig.layer_summary → (the batch key collate fills, its width per layer).
+LAYER_SUMMARIES = {"sets": ("layer_summary", LAYER_SUMMARY), "statnn": ("layer_statistics", LAYER_STATISTICS)}
 ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
 
 
@@ -42,11 +45,15 @@ class EncoderConfig:
     # zoo; ~1e-4 on tiny MLPs) and the head sees nearly one point; standardising across the batch restores
     # a unit spread between checkpoints from the first step.
     embedding_norm: bool = True
-    # Add an MLP of each layer's summary statistics (collate's layer_statistics: STATNN's mean, std and
-    # quantiles of its weights and bias) to the layer vector before the network encoder. Our addition to the
-    # paper's SNE: attention over chunks learns such moments slowly from 800 networks, and on the small zoo
-    # they carry much of the signal (STATNN alone reaches test tau 0.53 there).
+    # Add an MLP of a summary of each layer to the layer vector before the network encoder. Our addition to
+    # the paper's SNE: attention over chunks learns such moments slowly from ~1,000 networks, and they carry
+    # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
+    # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
+    # tensor) as features for trees on both our zoos (jobs/zoo_ceiling.py) and inside SNE (README); "statnn"
+    # reads encoders exported before "sets" existed. Both are permutation-invariant, so a network and its
+    # permuted copy share them and logit invariance acts on the chunk path alone.
     layer_statistics: bool = True
+    layer_summary: str = "sets"
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
@@ -66,6 +73,10 @@ class EncoderConfig:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads}) and of 4")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.layer_summary not in LAYER_SUMMARIES:
+            raise ValueError(
+                f"layer_summary must be one of {tuple(LAYER_SUMMARIES)}, got {self.layer_summary!r}"
+            )
 
 
 def sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
@@ -388,7 +399,7 @@ class SNE(nn.Module):
         self.network_sab, self.network_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
         self.embedding_norm = nn.BatchNorm1d(d) if cfg.embedding_norm else nn.Identity()
         self.statistics = (
-            nn.Sequential(nn.Linear(LAYER_STATISTICS, d), nn.GELU(), nn.Linear(d, d))
+            nn.Sequential(nn.Linear(LAYER_SUMMARIES[cfg.layer_summary][1], d), nn.GELU(), nn.Linear(d, d))
             if cfg.layer_statistics
             else None
         )
@@ -436,7 +447,7 @@ class SNE(nn.Module):
             layers = layers + depth_code
         if self.statistics is not None:
             # Soft-clipped like the chunk elements: a diverged network's moments stay bounded.
-            stats = batch["layer_statistics"].to(layers.dtype)
+            stats = batch[LAYER_SUMMARIES[cfg.layer_summary][0]].to(layers.dtype)
             layers = layers + self.statistics(ELEMENT_LIMIT * torch.tanh(stats / ELEMENT_LIMIT))
 
         # Scatter the layers of each checkpoint into a dense (B, Lmax, D) set; checkpoints have few layers.

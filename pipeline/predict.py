@@ -38,8 +38,9 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
             state, meta = load_encoder_files(local)
     else:
         state, meta = load_encoder_files(encoder)
-    # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer.
-    older = {"embedding_norm": False, "layer_statistics": False}
+    # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
+    # those exported before the "sets" summary used STATNN's.
+    older = {"embedding_norm": False, "layer_statistics": False, "layer_summary": "statnn"}
     sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}, output="linear"))
     sne.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     sne.eval()

@@ -49,6 +49,7 @@ def encoder_config(config: TrainConfig) -> EncoderConfig:
         positional_encoding=config.positional_encoding,
         embedding_norm=config.embedding_norm,
         layer_statistics=config.layer_statistics,
+        layer_summary=config.layer_summary,
         output="linear",
     )
 

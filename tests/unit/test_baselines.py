@@ -6,9 +6,15 @@ import numpy as np
 import torch
 
 from pipeline import families
-from pipeline.baselines import LAYER_QUANTILES, layer_set_features, state_features
-
-PER_LAYER = 5 * len(LAYER_QUANTILES)
+from pipeline.baselines import (
+    LAYER_QUANTILES,
+    LAYER_SUMMARY,
+    STATNN_QUANTILES,
+    layer_set_features,
+    layer_summary,
+    quantiles,
+    state_features,
+)
 
 
 def _mlp_state(seed: int) -> dict[str, np.ndarray]:
@@ -32,32 +38,48 @@ def test_layer_set_features_ignore_a_function_preserving_permutation_of_hidden_u
     permuted[names[2]] = state[names[2]][:, order]
     assert not np.array_equal(permuted[names[0]], state[names[0]])
     features = layer_set_features(state)
-    assert features.shape == (3 * PER_LAYER,)
+    assert features.shape == (3 * LAYER_SUMMARY,)
     np.testing.assert_allclose(layer_set_features(permuted), features)
     # ... while a different network of the same shape looks different.
     assert not np.allclose(layer_set_features(_mlp_state(2)), features)
 
 
-def test_layer_set_features_of_a_known_layer():
-    # One output unit with weights (3, 4) and no bias: row norm 5, column norms 3 and 4.
-    features = layer_set_features({"fc.weight": np.array([[3.0, 4.0]])}).reshape(5, len(LAYER_QUANTILES))
-    values, magnitudes, rows, columns, bias = features
+def _blocks(summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(5, 21) quantile blocks and the 3 log sizes."""
+    return summary[:-3].reshape(5, len(LAYER_QUANTILES)), summary[-3:]
+
+
+def test_layer_summary_of_a_known_layer():
+    # One output unit with weights (3, 4) and no bias: row RMS √12.5, column RMS 3 and 4.
+    blocks, sizes = _blocks(layer_summary(np.array([[3.0, 4.0]])))
+    values, magnitudes, rows, columns, bias = blocks
     assert values[0] == 3.0 and values[-1] == 4.0
     np.testing.assert_allclose(magnitudes, values)
-    np.testing.assert_allclose(rows, 5.0)
+    np.testing.assert_allclose(rows, np.sqrt(12.5))
     assert columns[0] == 3.0 and columns[-1] == 4.0
     np.testing.assert_allclose(bias, 0.0)
+    np.testing.assert_allclose(sizes, np.log([1, 2, 1]))
 
 
-def test_layer_set_features_treat_a_kernel_as_one_connection():
-    # conv (out 2, in 3, 2x2): a row norm covers an output channel, a column norm an input channel.
+def test_layer_summary_treats_a_kernel_as_one_connection():
+    # conv (out 2, in 3, 2x2): a row's RMS covers an output channel, a column's an input channel.
     weight = np.arange(24, dtype=np.float64).reshape(2, 3, 2, 2)
-    features = layer_set_features({"conv.weight": weight, "conv.bias": np.array([1.0, -1.0])})
-    rows, columns, bias = features.reshape(5, len(LAYER_QUANTILES))[2:]
-    np.testing.assert_allclose([rows[0], rows[-1]], sorted(np.linalg.norm(weight.reshape(2, -1), axis=1)))
-    in_norms = np.sqrt((weight**2).sum(axis=(0, 2, 3)))
-    np.testing.assert_allclose([columns[0], columns[-1]], [in_norms.min(), in_norms.max()])
+    blocks, sizes = _blocks(layer_summary(weight, np.array([1.0, -1.0])))
+    rows, columns, bias = blocks[2:]
+    np.testing.assert_allclose(
+        [rows[0], rows[-1]], sorted(np.sqrt((weight.reshape(2, -1) ** 2).mean(axis=1)))
+    )
+    in_rms = np.sqrt((weight**2).mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose([columns[0], columns[-1]], [in_rms.min(), in_rms.max()])
     assert bias[0] == -1.0 and bias[-1] == 1.0
+    np.testing.assert_allclose(sizes, np.log([2, 3, 4]))
+
+
+def test_layer_set_features_see_weights_as_the_encoder_does():
+    # Scaled by sqrt(fan-in) like collate's default normalisation: here fan-in 3 · 2 · 2 = 12.
+    weight, bias = np.random.default_rng(0).normal(size=(2, 3, 2, 2)), np.array([0.5, -0.5])
+    features = layer_set_features({"conv.weight": weight, "conv.bias": bias})
+    np.testing.assert_allclose(features, layer_summary(weight * np.sqrt(12), bias * np.sqrt(12)))
 
 
 def test_statnn_features_are_seven_numbers_per_tensor():
@@ -68,3 +90,11 @@ def test_statnn_features_are_seven_numbers_per_tensor():
     np.testing.assert_allclose(
         features[:7], [w.mean(), w.std(), w.min(), *np.percentile(w, [25, 50, 75]), w.max()]
     )
+
+
+def test_quantiles_match_numpy():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 32, 1001):
+        x = rng.normal(size=n)
+        for q in (LAYER_QUANTILES, STATNN_QUANTILES):
+            np.testing.assert_allclose(quantiles(x, q), np.quantile(x, q))

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pipeline.baselines import LAYER_SUMMARY, layer_summary
 from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint, unchunk_record
 from pipeline.collate import collate_chunk_records, records_from_batch
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
@@ -119,6 +120,17 @@ def test_layer_statistics_summarise_each_normalised_layer():
     np.testing.assert_allclose(stats[3].numpy(), expected, rtol=1e-5, atol=1e-6)
     # The mlp's second layer has no bias: its half of the summary is zero.
     assert stats[1, 7:].abs().sum() == 0 and stats[1, :7].abs().sum() > 0
+
+
+def test_layer_summary_sees_each_layer_unit_by_unit():
+    records = _records()
+    batch = collate_chunk_records(records)  # fan-in normalised
+    summary = batch["layer_summary"]
+    assert summary.shape == (7, LAYER_SUMMARY) and summary.dtype == torch.float32
+    # cnn layer 1: weight (5, 4, 5, 5) with fan-in 100, bias (5,): unchunked, its rows are output channels.
+    cnn = unchunk_record(records[1])
+    expected = layer_summary(cnn["1.weight"] * 10.0, cnn["1.bias"] * 10.0)
+    np.testing.assert_allclose(summary[3].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_target_choice_and_missing_targets():

@@ -29,6 +29,7 @@ def test_overrides_are_type_checked_and_converted():
         ({"loss": "bce", "property": "frequency"}, "loss bce needs a property in [0, 1]"),
         ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"grad_clip": -1}, "grad_clip must be >= 0"),
+        ({"layer_summary": "moments"}, "layer_summary must be one of"),
     ],
 )
 def test_bad_overrides_are_rejected_with_the_field_named(overrides, message):

@@ -116,7 +116,8 @@ def test_padded_layers_change_nothing():
     # Two empty layers for the cnn (one with padded chunks, one with none) and one for the mlp.
     extra = {"layer_kind": [2, 0, 1], "layer_depth": [5, 9, 2], "layer_element_size": [9, 1, 3]}
     extra |= {"layer_fan_in": [9.0, 4.0, 6.0], "layer_checkpoint": [1, 1, 0]}
-    extra["layer_statistics"] = (torch.randn(3, batch["layer_statistics"].shape[1]) * 10).tolist()
+    for summary in ("layer_statistics", "layer_summary"):
+        extra[summary] = (torch.randn(3, batch[summary].shape[1]) * 10).tolist()
     for key, values in extra.items():
         batch[key] = torch.cat([batch[key], torch.tensor(values, dtype=batch[key].dtype)])
     _, c, e = batch["weight_chunks"].shape
@@ -158,14 +159,27 @@ def test_positional_encoding_switch():
     torch.testing.assert_close(_embed(without, shuffled), out)  # depth is not seen at all
 
 
-def test_layer_statistics_switch():
+@pytest.mark.parametrize("kind, key", [("sets", "layer_summary"), ("statnn", "layer_statistics")])
+def test_layer_statistics_switch(kind, key):
     batch = _batch(_mixed_checkpoints())
-    other = dict(batch, layer_statistics=batch["layer_statistics"].flip(0))  # swap the layers' summaries
-    with_stats = _encoder()
+    other = dict(batch, **{key: batch[key].flip(0)})  # swap the layers' summaries of the chosen kind
+    with_stats = _encoder(dataclasses.replace(SMALL, layer_summary=kind))
     assert not torch.allclose(_embed(with_stats, batch), _embed(with_stats, other), atol=1e-4)
+    unread = "layer_statistics" if key == "layer_summary" else "layer_summary"
+    flipped = dict(batch, **{unread: batch[unread].flip(0)})  # the other kind is not read
+    torch.testing.assert_close(_embed(with_stats, flipped), _embed(with_stats, batch))
     without = _encoder(dataclasses.replace(SMALL, layer_statistics=False))
     assert without.statistics is None
     torch.testing.assert_close(_embed(without, other), _embed(without, batch))  # the summaries are not read
+    with pytest.raises(ValueError, match="layer_summary"):
+        EncoderConfig(layer_summary="moments")
+
+
+def test_config_and_encoder_agree_on_the_summary_kinds():
+    from pipeline.config import LAYER_SUMMARIES as config_kinds
+    from pipeline.encoder import LAYER_SUMMARIES
+
+    assert tuple(LAYER_SUMMARIES) == config_kinds
 
 
 def test_gradients_flow_through_checkpointed_micro_batches():
@@ -279,3 +293,17 @@ def test_a_diverged_network_with_huge_weights_trains_without_overflow():
         ((out - batch["target"]) ** 2).mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
         optimizer.step()
+
+
+def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
+    from pipeline.export import save_encoder
+    from pipeline.predict import load_encoder
+
+    old = _encoder(dataclasses.replace(SMALL, layer_summary="statnn"))
+    meta = {"encoder": dataclasses.asdict(old.cfg)}
+    del meta["encoder"]["layer_summary"], meta["encoder"]["output"]  # as such exports were written
+    save_encoder(str(tmp_path), {k: v.numpy() for k, v in old.state_dict().items()}, meta)
+    loaded, _ = load_encoder(str(tmp_path))
+    assert loaded.cfg.layer_summary == "statnn"
+    batch = _batch(_mixed_checkpoints())
+    torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
