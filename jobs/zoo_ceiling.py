@@ -51,12 +51,16 @@ def hyperparameter_matrix(rows: list[dict], exclude: str) -> np.ndarray:
     return out[:, ~np.isnan(out).all(axis=0)]  # a column that is never set carries nothing
 
 
+def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    metrics = regression_metrics(pred, true)
+    return {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
+
+
 def fit_trees(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
     """STATNN's trees on any feature matrix; test Kendall tau and MSE."""
     seen = ~np.isnan(x[train]).all(axis=0)  # the trees cannot bin a column the training rows never set
     model = STATNN().fit(list(x[train][:, seen]), y[train])
-    metrics = regression_metrics(model.predict(list(x[test][:, seen])), y[test])
-    return {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
+    return scores(model.predict(list(x[test][:, seen])), y[test])
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
@@ -74,8 +78,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -
         hidden_layer_sizes=(256, 256), alpha=1.0, early_stopping=True, max_iter=600, random_state=0
     )
     model.fit(z[train], y[train])
-    metrics = regression_metrics(model.predict(z[test]), y[test])
-    return {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
+    return scores(model.predict(z[test]), y[test])
 
 
 def read_from_function(checkpoints: list, prop: str) -> np.ndarray:
@@ -154,8 +157,7 @@ def main() -> None:
     print(f"  {'per-layer sets, MLP instead of trees':36s} test {_line(row)}")
     if args.property in SINE_PROPERTIES and all(c.family == "siren" for c in checkpoints):
         read = read_from_function([checkpoints[i] for i in where["test"]], args.property)
-        metrics = regression_metrics(read, y[where["test"]])
-        row = {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
+        row = scores(read, y[where["test"]])
         figures["random_task"]["read from the function"] = row
         print(f"  {'read from the function (no training)':36s} test {_line(row)}")
 
