@@ -3,7 +3,8 @@
 For every weight and bias tensor in computation order: mean, standard deviation and the
 0/25/50/75/100 percentiles (7 numbers). Mixed zoos have different tensor counts, so the feature
 vector is padded with NaN to the longest network in the batch; the trees treat NaN as missing.
-``layer_set_features`` is a richer per-layer summary for measuring a zoo (jobs/zoo_ceiling.py).
+``layer_summary`` is a richer per-layer summary: SNE's default layer input (collate) and, through
+``layer_set_features``, features for trees in jobs/zoo_ceiling.py.
 """
 
 from __future__ import annotations

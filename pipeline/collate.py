@@ -49,7 +49,8 @@ def collate_chunk_records(
     bias_chunks (U,C,1), bias_mask (U,C), bias_layer (U,), per layer (Lt,) long layer_kind, layer_depth,
     layer_element_size, layer_checkpoint and float layer_fan_in, two summaries of each layer's normalised
     weights and bias: layer_statistics (Lt, 14) float (STATNN's per-tensor statistics) and layer_summary
-    (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of its values, row and column RMS, bias),
+    (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
+    and bias, and the layer's sizes),
     target (B,) float (omitted when property_name is None), and the lists ids, families, datasets.
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
     land on a common scale; "none" keeps raw values. A missing or NaN target, mixed chunk sizes, an unknown

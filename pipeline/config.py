@@ -57,7 +57,7 @@ class TrainConfig:
     positional_encoding: bool = True
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
     layer_statistics: bool = True  # per-layer summaries beside the chunk attention (see EncoderConfig)
-    # which summary: "sets" (quantiles, row and column RMS) or "statnn" (7 numbers per tensor)
+    # which summary: "sets" (baselines.layer_summary) or "statnn" (STATNN's 7 numbers per tensor)
     layer_summary: str = "sets"
     # optimisation
     loss: str = "mse"
