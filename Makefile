@@ -19,11 +19,14 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) jobs/train.py
 
+# -v names each test as it runs and --durations lists the slow ones, so a CI log shows where the
+# time went. Each test stops at 15 min (pyproject.toml); --session-timeout starts no new test after
+# 50 min, so even several hung tests end inside CI's 90 min with their stacks printed.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests/unit tests/integration
+	$(PY) -m pytest -v -rfE --durations=15 --session-timeout=3000 tests/unit tests/integration
 	# Its own process: the local cluster starts a Ray head, and two local Rays must not overlap.
-	$(PY) -m pytest -q tests/cluster
+	$(PY) -m pytest -v -rfE --session-timeout=1500 tests/cluster
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -51,6 +51,8 @@ class SweepSpec:
             raise ValueError("chunk sizes must be >= 1 and invariance weights >= 0")
         if self.max_epochs < 1 or self.num_samples < 1:
             raise ValueError("max_epochs and num_samples must be >= 1")
+        if self.grace_period < 1 or self.max_concurrent_trials < 1:
+            raise ValueError("grace_period and max_concurrent_trials must be >= 1")
         return self
 
 
@@ -151,10 +153,26 @@ def format_trials(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def asha_scheduler(spec: SweepSpec):
+    """ASHA over epochs: from ``grace_period`` on, a trial below the median of its rung stops.
+
+    Tune sets the metric and mode (from ``TuneConfig``) before the first trial.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration",  # one Train report per epoch
+        # One past the last epoch: ASHA would otherwise stop every trial at its final report, before
+        # the driver function evaluates on the test set and returns.
+        max_t=spec.max_epochs + 1,
+        grace_period=min(spec.grace_period, spec.max_epochs),
+        reduction_factor=2,
+    )
+
+
 def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
     """Run (or resume) a sweep; return {best_config, best_val_kendall_tau, best_test_kendall_tau, trials, ...}."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     spec.validate()
     base.validate()
@@ -213,14 +231,7 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
             tune_config=tune.TuneConfig(
                 metric=METRIC,
                 mode="max",
-                scheduler=ASHAScheduler(
-                    time_attr="training_iteration",
-                    # One past the last epoch: ASHA would otherwise stop every trial at its final
-                    # report, before the driver function evaluates on the test set and returns.
-                    max_t=spec.max_epochs + 1,
-                    grace_period=min(spec.grace_period, spec.max_epochs),
-                    reduction_factor=2,
-                ),
+                scheduler=asha_scheduler(spec),
                 search_alg=search_alg,
                 num_samples=spec.num_samples,
                 max_concurrent_trials=spec.max_concurrent_trials,

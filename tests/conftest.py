@@ -7,6 +7,7 @@ once on a 2-core machine. Everything started here is stopped here, by its own pr
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -104,6 +105,53 @@ def ray_instance(s3_server):
         ray.shutdown()
 
 
+def _busy_cpus(ray) -> float:
+    return ray.cluster_resources().get("CPU", 0.0) - ray.available_resources().get("CPU", 0.0)
+
+
+def release_leftovers(ray, wait_s: float = 120.0) -> list[str]:
+    """Wait for the shared Ray instance's CPUs to come free; past ``wait_s``, remove what holds them.
+
+    Tests share one Ray instance, so a Train run or Tune trial left alive (a test that timed out in
+    the middle of ``trainer.fit``, a killed driver whose actors linger) would leave the next test
+    waiting for CPUs forever. Returns what had to be removed; empty when the CPUs came free.
+    """
+    deadline = time.time() + wait_s
+    while _busy_cpus(ray) > 1e-6 and time.time() < deadline:
+        time.sleep(1)
+    if _busy_cpus(ray) <= 1e-6:
+        return []
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_actors
+
+    removed = []
+    for pg_id, info in placement_group_table().items():
+        if info.get("state") == "CREATED":  # removing a placement group also ends the actors in it
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+            removed.append(f"placement group {info.get('name') or pg_id}")
+    for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True):
+        if (actor.required_resources or {}).get("CPU", 0) > 0 and actor.pid:
+            os.kill(actor.pid, signal.SIGKILL)  # a worker process of this session's own Ray instance
+            removed.append(f"actor {actor.class_name} (pid {actor.pid})")
+    deadline = time.time() + 30
+    while _busy_cpus(ray) > 1e-6 and time.time() < deadline:
+        time.sleep(1)
+    return removed
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_work_left_behind(request):
+    """After every test on the shared Ray instance: its CPUs are free again, or the test errors."""
+    yield
+    if "ray_instance" not in request.fixturenames:
+        return
+    import ray
+
+    if ray.is_initialized() and (left := release_leftovers(ray)):
+        pytest.fail(f"{request.node.name} left Ray work holding CPUs; removed: {', '.join(left)}")
+
+
 def make_checkpoint(
     i: int, family: str = "mlp", dataset: str = "digits", *, nan: bool = False, seed: int = 0
 ):
@@ -155,3 +203,6 @@ def run_then_kill(ray, fn, args: tuple, ready, what: str, timeout: float = 400.0
     ray.cancel(driver, force=True)
     with pytest.raises(Exception):  # noqa: B017 - cancelled: TaskCancelledError or WorkerCrashedError
         ray.get(driver, timeout=60)
+    # Like a crashed job's, the killed driver's actors end with it; wait until their CPUs are free
+    # so that the resumed run does not queue behind them (removing them if Ray has not).
+    release_leftovers(ray)
