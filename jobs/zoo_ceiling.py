@@ -12,6 +12,10 @@ the same tree fits with 400 / 800 / 1,600 training networks, scored on 400 held-
 
     python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH]
     python jobs/zoo_ceiling.py --zoo data/inr-zoo --property frequency
+    python jobs/zoo_ceiling.py --zoo data/small-zoo --task cross-architecture \
+        --train-families smallcnn,cnn,mlp --test-families cnn-s
+
+A cross task uses jobs/train.py's split for the same flags (and has no learning curve).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import math
 import numpy as np
 
 from pipeline.baselines import STATNN, layer_set_features, pad_features, state_features
+from pipeline.config import TASKS
 from pipeline.evaluation import regression_metrics
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
@@ -98,6 +103,10 @@ def main() -> None:
     p.add_argument("--zoo", required=True)
     p.add_argument("--format", default="auto")
     p.add_argument("--property", default="test_accuracy")
+    p.add_argument("--task", default="random", choices=TASKS)
+    for side in ("train", "test"):
+        for what in ("datasets", "families"):
+            p.add_argument(f"--{side}-{what}", default="", help=f"cross tasks: comma-separated {what}")
     p.add_argument("--json", help="write the figures here as JSON")
     args = p.parse_args()
     try:
@@ -128,11 +137,22 @@ def main() -> None:
     features["statnn + hyperparameters (oracle)"] = np.hstack(
         [features["statnn"], features["hyperparameters"]]
     )
-    split = assign_splits(
-        [c.id for c in checkpoints], [c.family for c in checkpoints], [c.dataset for c in checkpoints]
-    )
+    try:
+        split = assign_splits(
+            [c.id for c in checkpoints],
+            [c.family for c in checkpoints],
+            [c.dataset for c in checkpoints],
+            args.task,
+            **{
+                f"{side}_{what}": tuple(v for v in getattr(args, f"{side}_{what}").split(",") if v)
+                for side in ("train", "test")
+                for what in ("datasets", "families")
+            },
+        )
+    except ValueError as e:
+        fail(str(e))
     where = {
-        s: np.array([i for i, c in enumerate(checkpoints) if split[c.id] == s])
+        s: np.array([i for i, c in enumerate(checkpoints) if split.get(c.id) == s], dtype=int)
         for s in ("train", "val", "test")
     }
 
@@ -140,27 +160,31 @@ def main() -> None:
         "zoo": args.zoo,
         "property": args.property,
         "networks": len(checkpoints),
+        "task": args.task,
         "test_variance": float(y[where["test"]].var()),
-        "random_task": {},
+        "scores": {},
     }
     fitted = np.concatenate([where["train"], where["val"]])
     print(
-        f"{args.zoo}: {len(checkpoints)} networks; random task, fit on {len(fitted)}, test on "
+        f"{args.zoo}: {len(checkpoints)} networks; {args.task} task, fit on {len(fitted)}, test on "
         f"{len(where['test'])} (variance of {args.property} there: {figures['test_variance']:.4g})"
     )
     for name, x in features.items():
         # Trees have no epochs to select: they fit train + val, as jobs/train.py's STATNN does.
-        figures["random_task"][name] = fit_trees(x, y, fitted, where["test"])
-        print(f"  {name:36s} test {_line(figures['random_task'][name])}")
+        figures["scores"][name] = fit_trees(x, y, fitted, where["test"])
+        print(f"  {name:36s} test {_line(figures['scores'][name])}")
     row = fit_mlp(features["per-layer sets"], y, fitted, where["test"])
-    figures["random_task"]["per-layer sets, MLP instead of trees"] = row
+    figures["scores"]["per-layer sets, MLP instead of trees"] = row
     print(f"  {'per-layer sets, MLP instead of trees':36s} test {_line(row)}")
     if args.property in SINE_PROPERTIES and all(c.family == "siren" for c in checkpoints):
         read = read_from_function([checkpoints[i] for i in where["test"]], args.property)
         row = scores(read, y[where["test"]])
-        figures["random_task"]["read from the function"] = row
+        figures["scores"]["read from the function"] = row
         print(f"  {'read from the function (no training)':36s} test {_line(row)}")
 
+    if args.task != "random":
+        _write(figures, args.json)
+        return
     # Learning curve: more training networks taken from the test half, scored on its last 400.
     held = where["test"][-400:]
     pool = np.concatenate([where["train"], where["val"], where["test"][:-400]])
@@ -172,8 +196,12 @@ def main() -> None:
         row = {name: fit_trees(x, y, pool[:n], held) for name, x in features.items()}
         figures["learning_curve"][n] = row
         print(f"  {n:5d} train: " + ", ".join(f"{k} {_line(v)}" for k, v in row.items()))
-    if args.json:
-        with open(args.json, "w") as f:
+    _write(figures, args.json)
+
+
+def _write(figures: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(figures, f, indent=2)
 
 
