@@ -56,8 +56,8 @@ def test_grid_sweep_creates_parent_and_child_runs_and_records_how_each_trial_end
     assert summary["best_config"]["chunk_size"] in (4, 8)
     assert summary["best_val_kendall_tau"] == max(t["best_val_kendall_tau"] for t in trials)
     # Whether ASHA stops a trial here depends on validation τ over the tiny zoo's 5 validation networks,
-    # which ties often and varies with Ray Data's block order; tests/unit/test_sweep.py pins the stopping
-    # rule itself. Here: every trial ended one of the two ways, and its record says which.
+    # which often ties, so a stop is not guaranteed; tests/unit/test_sweep.py pins the stopping rule
+    # itself. Here: every trial ended one of the two ways, and its record says which.
     for t in trials:
         assert t["status"] in ("completed", "stopped early"), t
         if t["status"] == "completed":  # ran every epoch, then the driver evaluated it on the test set
