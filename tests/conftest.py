@@ -109,6 +109,14 @@ def _busy_cpus(ray) -> float:
     return ray.cluster_resources().get("CPU", 0.0) - ray.available_resources().get("CPU", 0.0)
 
 
+def _cpus_freed_within(ray, seconds: float) -> bool:
+    """Poll until no CPU of the shared Ray instance is in use, or ``seconds`` pass."""
+    deadline = time.time() + seconds
+    while _busy_cpus(ray) > 1e-6 and time.time() < deadline:
+        time.sleep(1)
+    return _busy_cpus(ray) <= 1e-6
+
+
 def release_leftovers(ray, wait_s: float = 120.0) -> list[str]:
     """Wait for the shared Ray instance's CPUs to come free; past ``wait_s``, remove what holds them.
 
@@ -116,10 +124,7 @@ def release_leftovers(ray, wait_s: float = 120.0) -> list[str]:
     the middle of ``trainer.fit``, a killed driver whose actors linger) would leave the next test
     waiting for CPUs forever. Returns what had to be removed; empty when the CPUs came free.
     """
-    deadline = time.time() + wait_s
-    while _busy_cpus(ray) > 1e-6 and time.time() < deadline:
-        time.sleep(1)
-    if _busy_cpus(ray) <= 1e-6:
+    if _cpus_freed_within(ray, wait_s):
         return []
     from ray.util import placement_group_table, remove_placement_group
     from ray.util.placement_group import PlacementGroup
@@ -134,9 +139,7 @@ def release_leftovers(ray, wait_s: float = 120.0) -> list[str]:
         if (actor.required_resources or {}).get("CPU", 0) > 0 and actor.pid:
             os.kill(actor.pid, signal.SIGKILL)  # a worker process of this session's own Ray instance
             removed.append(f"actor {actor.class_name} (pid {actor.pid})")
-    deadline = time.time() + 30
-    while _busy_cpus(ray) > 1e-6 and time.time() < deadline:
-        time.sleep(1)
+    _cpus_freed_within(ray, 30)
     return removed
 
 
