@@ -1,14 +1,16 @@
 """How predictable is a zoo's property from weights? A benchmark of the zoo, not of SNE.
 
 Fits gradient-boosted trees on the random task's split (the same split jobs/train.py uses) with
-four feature sets: the true hyperparameters alone, STATNN's weight statistics, per-layer set
+these feature sets: the true hyperparameters alone, STATNN's weight statistics, per-layer set
 features (baselines.layer_set_features: what an encoder that summarises each layer on its own can
-see; also fed to an MLP instead of the trees), and STATNN + hyperparameters. The last is an oracle
-no weight-only method has (it knows the learning rate, epochs, dataset, ... exactly), so its test
-Kendall tau is a practical ceiling for SNE on that zoo. On a sine-wave INR zoo (family siren;
-property frequency or amplitude) it also reads the property from each network's function
-(generate.fitted_sine): the floor on the error of any weight-based method. Then a learning curve:
-the same tree fits with 400 / 800 / 1,600 training networks, scored on 400 held-out ones.
+see; also fed to an MLP instead of the trees), and STATNN + hyperparameters, an oracle no
+weight-only method has (it knows the learning rate, epochs, dataset, ... exactly). Where the zoo
+records train accuracy, also train accuracy + hyperparameters: the network read as a function on
+its own training data, which shows how much of the property the weights determine at all. On a
+sine-wave INR zoo (family siren; property frequency or amplitude) it also reads the property from
+each network's function (generate.fitted_sine): the floor on the error of any weight-based method.
+Then a learning curve: the same tree fits with 400 / 800 / 1,600 training networks, scored on 400
+held-out ones.
 
     python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH]
     python jobs/zoo_ceiling.py --zoo data/inr-zoo --property frequency
@@ -137,6 +139,17 @@ def main() -> None:
     features["statnn + hyperparameters (oracle)"] = np.hstack(
         [features["statnn"], features["hyperparameters"]]
     )
+    if args.property != "train_accuracy" and all(
+        c.properties.get("train_accuracy") is not None for c in checkpoints
+    ):
+        # Not a weight-only method either: the network run on its own training data. It shows how
+        # much of the property the weights determine once read as a function.
+        features["train accuracy + hyperparameters"] = np.hstack(
+            [
+                np.array([[float(c.properties["train_accuracy"])] for c in checkpoints]),
+                features["hyperparameters"],
+            ]
+        )
     try:
         split = assign_splits(
             [c.id for c in checkpoints],
