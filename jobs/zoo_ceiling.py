@@ -106,6 +106,9 @@ def main() -> None:
     p.add_argument("--format", default="auto")
     p.add_argument("--property", default="test_accuracy")
     p.add_argument("--task", default="random", choices=TASKS)
+    p.add_argument(
+        "--test-fraction", type=float, default=0.5, help="random task: share held out for test (as train.py)"
+    )
     for side in ("train", "test"):
         for what in ("datasets", "families"):
             p.add_argument(f"--{side}-{what}", default="", help=f"cross tasks: comma-separated {what}")
@@ -161,6 +164,7 @@ def main() -> None:
                 for side in ("train", "test")
                 for what in ("datasets", "families")
             },
+            test_fraction=args.test_fraction,
         )
     except ValueError as e:
         fail(str(e))

@@ -39,6 +39,7 @@ class TrainConfig:
     train_families: tuple[str, ...] = ()
     test_families: tuple[str, ...] = ()
     split_seed: int = 0
+    test_fraction: float = 0.5  # random task only; 0.5 is the peers' protocol
     # where things go: chunk-record cache and Ray Train checkpoints live under `storage`
     storage: str = field(default_factory=lambda: os.path.join(repo_root(), "runs"))
     run_name: str | None = None
@@ -94,6 +95,12 @@ class TrainConfig:
             raise ValueError("task cross-dataset needs --train-datasets and --test-datasets")
         if self.task == "cross-architecture" and not (self.train_families and self.test_families):
             raise ValueError("task cross-architecture needs --train-families and --test-families")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
+        if self.task != "random" and self.test_fraction != 0.5:
+            raise ValueError(
+                f"test_fraction applies to the random task only; task {self.task} tests on its named groups"
+            )
         if self.loss == "bce" and self.property not in ("test_accuracy", "train_accuracy"):
             raise ValueError(f"loss bce needs a property in [0, 1]; {self.property!r} is not one")
         for name in ("chunk_size", "hidden", "heads", "epochs", "batch_size", "chunk_micro_batch"):
@@ -123,6 +130,7 @@ FIELD_HELP = {
     "train_families": "cross-architecture: comma-separated families to train on",
     "test_families": "cross-architecture: comma-separated (unseen) families to test on",
     "split_seed": "seed of the train/val/test assignment",
+    "test_fraction": "random task: share of the zoo held out for test (0.5, the peers' protocol); the rest is 80/20 train/val",
     "storage": "local folder or s3:// URI for chunk records and Ray Train checkpoints",
     "run_name": "name of the run; rerunning with the same name resumes it (default: a fresh name)",
     "experiment": "MLflow experiment name",

@@ -160,6 +160,7 @@ def run_training(
         train_families=config.train_families,
         test_families=config.test_families,
         seed=config.split_seed,
+        test_fraction=config.test_fraction,
     )
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
     train_values = values[[assignment.get(i) == "train" for i in ids]]

@@ -1,6 +1,7 @@
 """Which checkpoints train, validate and test, for each task.
 
-- random: the peers' protocol: half of the zoo is test; the rest is split 80/20 train/val.
+- random: the peers' protocol: half of the zoo is test (``test_fraction``; less leaves more networks to
+  learn from, for learning curves); the rest is split 80/20 train/val.
 - cross-dataset: train/val from ``train_datasets`` (80/20), test on ``test_datasets``.
 - cross-architecture: train/val from ``train_families`` (80/20), test on ``test_families``.
 Assignments depend only on the ids and the seed, so every worker and every rerun agrees.
@@ -39,16 +40,21 @@ def assign_splits(
     train_families: tuple[str, ...] = (),
     test_families: tuple[str, ...] = (),
     seed: int = 0,
+    test_fraction: float = 0.5,
 ) -> dict[str, str]:
     """``{id: "train"|"val"|"test"}``; checkpoints outside a cross task's groups are left out.
 
-    Raises ValueError when a split would be empty or a named dataset/family does not exist.
+    The random task's test set is a prefix of one shuffle, so a smaller ``test_fraction`` tests on a
+    subset of a larger one's test networks and trains on more. Raises ValueError when a split would be
+    empty, a named dataset/family does not exist, or test_fraction is outside (0, 1).
     """
     if len(set(ids)) != len(ids):
         raise ValueError("checkpoint ids must be unique")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     if task == "random":
         shuffled = _shuffled(ids, seed)
-        n_test = len(shuffled) // 2
+        n_test = int(len(shuffled) * test_fraction)
         out = {i: "test" for i in shuffled[:n_test]}
         out.update(_train_val(shuffled[n_test:], seed + 1))
     elif task in ("cross-dataset", "cross-architecture"):

@@ -30,6 +30,16 @@ def test_overrides_are_type_checked_and_converted():
         ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"grad_clip": -1}, "grad_clip must be >= 0"),
         ({"layer_summary": "moments"}, "layer_summary must be one of"),
+        ({"test_fraction": 1.0}, "test_fraction must be between 0 and 1"),
+        (
+            {
+                "task": "cross-architecture",
+                "train_families": "mlp",
+                "test_families": "cnn",
+                "test_fraction": 0.2,
+            },
+            "test_fraction applies to the random task only",
+        ),
     ],
 )
 def test_bad_overrides_are_rejected_with_the_field_named(overrides, message):

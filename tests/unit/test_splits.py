@@ -13,6 +13,17 @@ def test_random_task_follows_the_peer_protocol():
     assert counts == {"test": 50, "train": 40, "val": 10}
 
 
+def test_a_smaller_test_fraction_trains_on_more_and_tests_on_a_subset():
+    half = assign_splits(IDS, FAMILIES, DATASETS)
+    fifth = assign_splits(IDS, FAMILIES, DATASETS, test_fraction=0.2)
+    counts = {s: list(fifth.values()).count(s) for s in ("train", "val", "test")}
+    assert counts == {"test": 20, "train": 64, "val": 16}
+    # The smaller test set lies inside the larger one, so the two runs' test figures compare.
+    assert {i for i, s in fifth.items() if s == "test"} < {i for i, s in half.items() if s == "test"}
+    with pytest.raises(ValueError, match="test_fraction must be between 0 and 1"):
+        assign_splits(IDS, FAMILIES, DATASETS, test_fraction=0.0)
+
+
 def test_assignment_does_not_depend_on_listing_order_and_changes_with_seed():
     a = assign_splits(IDS, FAMILIES, DATASETS, seed=3)
     b = assign_splits(IDS[::-1], FAMILIES[::-1], DATASETS[::-1], seed=3)
