@@ -9,10 +9,11 @@ records train accuracy, also train accuracy + hyperparameters: the network read 
 its own training data, which shows how much of the property the weights determine at all. On a
 sine-wave INR zoo (family siren; property frequency or amplitude) it also reads the property from
 each network's function (generate.fitted_sine): the floor on the error of any weight-based method.
-Then a learning curve: the same tree fits with 400 / 800 / 1,600 training networks, scored on 400
-held-out ones.
+Then a learning curve: the same tree fits on a quarter, a half and all of the other four fifths of
+the zoo (400 / 800 / 1,600 networks of a 2,000-network zoo), scored on the held-out fifth that
+`jobs/train.py --test-fraction 0.2` tests on.
 
-    python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH]
+    python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH] [--plot PNG]
     python jobs/zoo_ceiling.py --zoo data/inr-zoo --property frequency
     python jobs/zoo_ceiling.py --zoo data/small-zoo --task cross-architecture \
         --train-families smallcnn,cnn,mlp --test-families cnn-s
@@ -36,6 +37,7 @@ from pipeline.splits import assign_splits
 from pipeline.zoo import Rejection, ZooError
 from pipeline.zoo.listing import read_zoo
 
+LEARNING_CURVE_TEST_FRACTION = 0.2
 SINE_PROPERTIES = {"frequency": 0, "amplitude": 1}  # position in generate.fitted_sine's (b, a)
 
 
@@ -113,6 +115,7 @@ def main() -> None:
         for what in ("datasets", "families"):
             p.add_argument(f"--{side}-{what}", default="", help=f"cross tasks: comma-separated {what}")
     p.add_argument("--json", help="write the figures here as JSON")
+    p.add_argument("--plot", help="draw test tau per feature set and the learning curve into this PNG")
     args = p.parse_args()
     try:
         items = list(read_zoo(args.zoo, args.format))
@@ -153,11 +156,10 @@ def main() -> None:
                 features["hyperparameters"],
             ]
         )
+    groups = ([c.id for c in checkpoints], [c.family for c in checkpoints], [c.dataset for c in checkpoints])
     try:
         split = assign_splits(
-            [c.id for c in checkpoints],
-            [c.family for c in checkpoints],
-            [c.dataset for c in checkpoints],
+            *groups,
             args.task,
             **{
                 f"{side}_{what}": tuple(v for v in getattr(args, f"{side}_{what}").split(",") if v)
@@ -200,26 +202,70 @@ def main() -> None:
         print(f"  {'read from the function (no training)':36s} test {_line(row)}")
 
     if args.task != "random":
-        _write(figures, args.json)
+        _write(figures, args.json, args.plot)
         return
-    # Learning curve: more training networks taken from the test half, scored on its last 400.
-    held = where["test"][-400:]
-    pool = np.concatenate([where["train"], where["val"], where["test"][:-400]])
+    # Learning curve, scored on the test set of `train.py --test-fraction 0.2` (a fifth of the zoo, inside
+    # the half above), so an SNE run with that flag is scored on the same networks; the trees fit the
+    # first n of the rest, the train and val networks above first.
+    fifth = assign_splits(*groups, "random", test_fraction=LEARNING_CURVE_TEST_FRACTION)
+    held = np.array([i for i, c in enumerate(checkpoints) if fifth[c.id] == "test"], dtype=int)
+    ordered = np.concatenate([where["train"], where["val"], where["test"]])
+    pool = np.array([i for i in ordered if fifth[checkpoints[i].id] != "test"], dtype=int)
     figures["learning_curve"] = {}
-    print("learning curve (on 400 held-out networks):")
-    for n in (400, 800, 1600):
-        if n > len(pool):
-            break
+    figures["learning_curve_test_networks"] = len(held)
+    print(f"learning curve (on {len(held)} held-out networks: the test set of --test-fraction 0.2):")
+    for n in (len(pool) // 4, len(pool) // 2, len(pool)):
         row = {name: fit_trees(x, y, pool[:n], held) for name, x in features.items()}
         figures["learning_curve"][n] = row
         print(f"  {n:5d} train: " + ", ".join(f"{k} {_line(v)}" for k, v in row.items()))
-    _write(figures, args.json)
+    _write(figures, args.json, args.plot)
 
 
-def _write(figures: dict, path: str | None) -> None:
+def _write(figures: dict, path: str | None, plot: str | None) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(figures, f, indent=2)
+    if plot:
+        print(f"plot: {ceiling_plot(figures, plot)}")
+
+
+def ceiling_plot(figures: dict, path: str) -> str:
+    """Test tau of each feature set (bars) and, for the random task, tau against the number of training
+    networks (lines, one per feature set); writes a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = {int(n): row for n, row in (figures.get("learning_curve") or {}).items()}  # JSON keys are str
+    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(12 if curve else 6.5, 4.2), squeeze=False)
+    names = list(figures["scores"])
+    taus = [figures["scores"][n]["kendall_tau"] for n in names]
+    bars = axes[0, 0]
+    bars.barh(range(len(names)), taus, color="tab:blue")
+    bars.set_yticks(range(len(names)), names, fontsize=8)
+    bars.invert_yaxis()
+    for i, t in enumerate(taus):
+        bars.text(t, i, f" {t:.3f}", va="center", fontsize=8)
+    bars.set_xlim(min(0.0, *taus), 1.0)
+    bars.set_xlabel(f"test Kendall τ of {figures['property']}")
+    bars.set_title(f"{figures['task']} task, {figures['networks']} networks", fontsize=10)
+    if curve:
+        line = axes[0, 1]
+        sizes = sorted(curve)
+        for name in curve[sizes[0]]:
+            line.plot(sizes, [curve[n][name]["kendall_tau"] for n in sizes], marker="o", label=name)
+        line.set_xscale("log", base=2)
+        line.set_xticks(sizes, [str(n) for n in sizes])
+        line.set_xlabel("training networks")
+        line.set_ylabel("Kendall τ on the held-out fifth of the zoo")
+        line.set_title("learning curve (gradient-boosted trees)", fontsize=10)
+        line.legend(fontsize=7)
+        line.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
