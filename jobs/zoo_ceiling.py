@@ -3,7 +3,8 @@
 Fits gradient-boosted trees on the random task's split (the same split jobs/train.py uses) with
 these feature sets: the true hyperparameters alone, STATNN's weight statistics, per-layer set
 features (baselines.layer_set_features: what an encoder that summarises each layer on its own can
-see; also fed to an MLP instead of the trees), and STATNN + hyperparameters, an oracle no
+see; also fed to an MLP instead of the trees), the same with each layer's links to its neighbours
+(baselines.link_summaries: SNE's "links" summary), and STATNN + hyperparameters, an oracle no
 weight-only method has (it knows the learning rate, epochs, dataset, ... exactly). Where the zoo
 records train accuracy, also train accuracy + hyperparameters: the network read as a function on
 its own training data, which shows how much of the property the weights determine at all. On a
@@ -141,6 +142,7 @@ def main() -> None:
         ),
         "statnn": pad_features([state_features(s) for s in states]),
         "per-layer sets": pad_features([layer_set_features(s) for s in states]),
+        "per-layer sets + links": pad_features([layer_set_features(s, links=True) for s in states]),
     }
     features["statnn + hyperparameters (oracle)"] = np.hstack(
         [features["statnn"], features["hyperparameters"]]

@@ -4,7 +4,8 @@ For every weight and bias tensor in computation order: mean, standard deviation 
 0/25/50/75/100 percentiles (7 numbers). Mixed zoos have different tensor counts, so the feature
 vector is padded with NaN to the longest network in the batch; the trees treat NaN as missing.
 ``layer_summary`` is a richer per-layer summary: SNE's default layer input (collate) and, through
-``layer_set_features``, features for trees in jobs/zoo_ceiling.py.
+``layer_set_features``, features for trees in jobs/zoo_ceiling.py. ``link_summaries`` adds what no
+single layer shows: how the gains of its units chain with the layers below and above.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ STATS_PER_TENSOR = 7
 STATNN_QUANTILES = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 LAYER_QUANTILES = np.linspace(0.0, 1.0, 21)
 LAYER_SUMMARY = 5 * len(LAYER_QUANTILES) + 3
+LINK_SUMMARY = 4 * len(LAYER_QUANTILES) + 1
+_TINY = 1e-12  # keeps the log of a dead unit's gain finite
 
 
 def quantiles(x: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -66,18 +69,69 @@ def layer_summary(weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndar
     return np.concatenate([*(quantiles(c, LAYER_QUANTILES) for c in columns), np.log(w.shape)])
 
 
-def layer_set_features(state: dict[str, np.ndarray]) -> np.ndarray:
+def _fold_inputs(squares: np.ndarray, units_below: int) -> np.ndarray | None:
+    """A layer's squared connections (out, in) with its inputs summed onto the units of the layer below:
+    a flatten after a conv feeds each channel in at every position. None when they do not map."""
+    if squares.shape[1] == units_below:
+        return squares
+    if squares.shape[1] % units_below == 0:
+        return squares.reshape(squares.shape[0], units_below, -1).sum(axis=2)
+    return None
+
+
+def link_summaries(weights: list[np.ndarray]) -> list[np.ndarray]:
+    """Per layer, (LINK_SUMMARY,) numbers that tie its units to the layers below and above it.
+
+    ``weights``: the raw weights in computation order, each (out, in) or (out, in, kernel...). Each unit
+    gets a forward gain s (how strongly it moves with the network's input: s = sqrt(W² · s_below²), inputs
+    at 1, connections summed in quadrature, activations ignored) and a backward influence g (how strongly
+    it moves the output, by the same rule from the top). Per layer: 21 quantiles of log s, of log g, of
+    log s·g, and of log s / |row| (the gain of the units each unit listens to), then the rank
+    correlation of s and g. Permuting units leaves them unchanged, but, unlike layer_summary, they change
+    when a layer's units are rewired to different units of the next layer. Where a layer's inputs do not
+    map onto the units below (a shortcut, say), the chain starts afresh there.
+    """
+    squares = []
+    for w in weights:
+        w = np.asarray(w, dtype=np.float64)
+        squares.append((w.reshape(w.shape[0], w.shape[1] if w.ndim > 1 else 1, -1) ** 2).sum(axis=2))
+    linked = [None] + [_fold_inputs(squares[i], squares[i - 1].shape[0]) for i in range(1, len(squares))]
+    gain = []
+    for i, m in enumerate(squares):
+        inputs = np.ones(m.shape[1]) if linked[i] is None else gain[i - 1] ** 2
+        gain.append(np.sqrt((m if linked[i] is None else linked[i]) @ inputs))
+    influence = [np.ones(m.shape[0]) for m in squares]
+    for i in range(len(squares) - 1, 0, -1):
+        if linked[i] is not None:
+            influence[i - 1] = np.sqrt(linked[i].T @ influence[i] ** 2)
+    out = []
+    for m, s, g in zip(squares, gain, influence, strict=True):
+        log_s, log_g = np.log(s + _TINY), np.log(g + _TINY)
+        listened = log_s - 0.5 * np.log(m.sum(axis=1) + _TINY)
+        rank_s, rank_g = np.argsort(np.argsort(s)), np.argsort(np.argsort(g))
+        spread = rank_s.std() > 0 and rank_g.std() > 0
+        correlation = float(np.corrcoef(rank_s, rank_g)[0, 1]) if spread else 0.0
+        columns = (log_s, log_g, log_s + log_g, listened)
+        out.append(np.concatenate([*(quantiles(c, LAYER_QUANTILES) for c in columns), [correlation]]))
+    return out
+
+
+def layer_set_features(state: dict[str, np.ndarray], links: bool = False) -> np.ndarray:
     """(LAYER_SUMMARY · layers,) layer_summary of each layer of a state dict, in its order, with the
     weights and bias scaled by sqrt(fan-in) as SNE sees them (collate's "fan_in" normalisation): the
-    summary SNE's encoder is given, in fixed length for trees.
+    summary SNE's encoder is given, in fixed length for trees. ``links`` appends each layer's
+    link_summaries (of the raw weights), as SNE's "links" summary does.
     """
-    out = []
+    out, weights = [], []
     for name, weight in state.items():
         if name.endswith(".weight"):
             w = np.asarray(weight, dtype=np.float64)
             scale = np.sqrt(w[0].size)  # fan-in: inputs × kernel elements
             bias = state.get(name[: -len("weight")] + "bias")
             out.append(layer_summary(w * scale, None if bias is None else np.asarray(bias) * scale))
+            weights.append(w)
+    if links:
+        out = [np.concatenate(pair) for pair in zip(out, link_summaries(weights), strict=True)]
     return np.concatenate(out)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.baselines import STATS_PER_TENSOR, layer_summary, tensor_statistics
+from pipeline.baselines import STATS_PER_TENSOR, layer_summary, link_summaries, tensor_statistics
 from pipeline.chunking import SCHEMA_VERSION
 from pipeline.zoo.checkpoint import LAYER_KINDS
 
@@ -42,6 +42,7 @@ def collate_chunk_records(
     batch: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     property_name: str | None = "test_accuracy",
     normalize: str = "fan_in",
+    links: bool = False,
 ) -> dict[str, Any]:
     """Pack chunk records into tensors (see module docstring for shapes).
 
@@ -50,8 +51,9 @@ def collate_chunk_records(
     layer_element_size, layer_checkpoint and float layer_fan_in, two summaries of each layer's normalised
     weights and bias: layer_statistics (Lt, 14) float (STATNN's per-tensor statistics) and layer_summary
     (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
-    and bias, and the layer's sizes),
-    target (B,) float (omitted when property_name is None), and the lists ids, families, datasets.
+    and bias, and the layer's sizes), with ``links`` layer_links (Lt, LINK_SUMMARY) float
+    (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
+    and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float (omitted when property_name is None), and the lists ids, families, datasets.
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
     land on a common scale; "none" keeps raw values. A missing or NaN target, mixed chunk sizes, an unknown
     layer kind or schema version raise ValueError.
@@ -69,12 +71,14 @@ def collate_chunk_records(
     weights, weight_masks, weight_layer = [], [], []
     biases, bias_masks, bias_layer = [], [], []
     kinds, depths, elem_sizes, fan_ins, owners, statistics, summaries = [], [], [], [], [], [], []
+    link_rows = []
     for b, record in enumerate(records):
         if int(record["schema_version"]) != SCHEMA_VERSION:
             raise ValueError(
                 f"checkpoint {str(record['id'])!r}: schema version {int(record['schema_version'])}, "
                 f"this code reads {SCHEMA_VERSION}"
             )
+        raw_weights = []
         for i, kind in enumerate(record["layer_kind"]):
             if str(kind) not in LAYER_KINDS:
                 raise ValueError(f"checkpoint {str(record['id'])!r}: unknown layer kind {str(kind)!r}")
@@ -95,12 +99,16 @@ def collate_chunk_records(
             # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e) again.
             in_units = max(1, round(fan_in / e))
             summaries.append(layer_summary(w[wm].reshape(-1, in_units, e), bias[bm]))
+            if links:
+                raw_weights.append(w[wm].reshape(-1, in_units, e) / scale)
             bias_layer.append(np.full(bm.shape[0], g, dtype=np.int64))
             kinds.append(LAYER_KINDS.index(str(kind)))
             depths.append(int(record["layer_index"][i]))
             elem_sizes.append(e)
             fan_ins.append(fan_in)
             owners.append(b)
+        if links:
+            link_rows.extend(link_summaries(raw_weights))
 
     e_max = max(elem_sizes)
     packed = np.zeros((sum(w.shape[0] for w in weights), c, e_max), dtype=np.float32)
@@ -127,6 +135,8 @@ def collate_chunk_records(
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],
     }
+    if links:
+        out["layer_links"] = torch.from_numpy(np.stack(link_rows).astype(np.float32))
     if property_name is not None:
         out["target"] = torch.tensor([_target(r, property_name) for r in records], dtype=torch.float32)
     return out

@@ -18,7 +18,8 @@ TASKS = ("random", "cross-dataset", "cross-architecture")
 LOSSES = ("mse", "bce")
 NORMALIZATIONS = ("fan_in", "none")
 LR_SCHEDULES = ("cosine", "constant")
-LAYER_SUMMARIES = ("sets", "statnn")  # the keys of encoder.LAYER_SUMMARIES (config stays free of torch)
+# The keys of encoder.LAYER_SUMMARIES (config stays free of torch).
+LAYER_SUMMARIES = ("sets", "statnn", "links")
 
 
 def repo_root() -> str:
@@ -58,7 +59,8 @@ class TrainConfig:
     positional_encoding: bool = True
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
     layer_statistics: bool = True  # per-layer summaries beside the chunk attention (see EncoderConfig)
-    # which summary: "sets" (baselines.layer_summary) or "statnn" (STATNN's 7 numbers per tensor)
+    # which summary: "sets" (baselines.layer_summary), "statnn" (STATNN's 7 numbers per tensor) or "links"
+    # ("sets" and baselines.link_summaries)
     layer_summary: str = "sets"
     # optimisation
     loss: str = "mse"
@@ -144,7 +146,7 @@ FIELD_HELP = {
     "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
     "embedding_norm": "batch-standardise the network embedding before the head",
     "layer_statistics": "add a summary of each layer to its vector (off: the paper's SNE)",
-    "layer_summary": "that summary: sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
+    "layer_summary": "that summary: sets (quantiles of values, magnitudes, row and column RMS, bias), statnn (7 numbers per tensor) or links (sets, and how unit gains chain across layers)",
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",

@@ -19,12 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.baselines import LAYER_SUMMARY
+from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY
 from pipeline.collate import LAYER_STATISTICS
 
 OUTPUTS = ("linear", "sigmoid")
-# EncoderConfig.layer_summary → (the batch key collate fills, its width per layer).
-LAYER_SUMMARIES = {"sets": ("layer_summary", LAYER_SUMMARY), "statnn": ("layer_statistics", LAYER_STATISTICS)}
+# EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
+LAYER_SUMMARIES = {
+    "sets": (("layer_summary",), LAYER_SUMMARY),
+    "statnn": (("layer_statistics",), LAYER_STATISTICS),
+    "links": (("layer_summary", "layer_links"), LAYER_SUMMARY + LINK_SUMMARY),
+}
 ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
 
 
@@ -50,8 +54,10 @@ class EncoderConfig:
     # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
     # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
     # tensor) as features for trees on both our zoos (jobs/zoo_ceiling.py) and inside SNE (README); "statnn"
-    # reads encoders exported before "sets" existed. Both are permutation-invariant, so a network and its
-    # permuted copy share them and logit invariance acts on the chunk path alone.
+    # reads encoders exported before "sets" existed. "links" adds to "sets" each layer's link_summaries: how
+    # its units' gains chain with the layers around it, which no layer on its own shows. All are
+    # permutation-invariant, so a network and its permuted copy share them and logit invariance acts on the
+    # chunk path alone.
     layer_statistics: bool = True
     layer_summary: str = "sets"
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
@@ -447,7 +453,8 @@ class SNE(nn.Module):
             layers = layers + depth_code
         if self.statistics is not None:
             # Soft-clipped like the chunk elements: a diverged network's moments stay bounded.
-            stats = batch[LAYER_SUMMARIES[cfg.layer_summary][0]].to(layers.dtype)
+            keys = LAYER_SUMMARIES[cfg.layer_summary][0]
+            stats = torch.cat([batch[key] for key in keys], dim=1).to(layers.dtype)
             layers = layers + self.statistics(ELEMENT_LIMIT * torch.tanh(stats / ELEMENT_LIMIT))
 
         # Scatter the layers of each checkpoint into a dense (B, Lmax, D) set; checkpoints have few layers.

@@ -59,6 +59,12 @@ def build_encoder(config: TrainConfig) -> SNE:
     return SNE(encoder_config(config))
 
 
+def collate(records: list[dict], config: TrainConfig) -> dict:
+    """A packed batch of chunk records as this run's encoder reads it."""
+    links = config.layer_statistics and config.layer_summary == "links"
+    return collate_chunk_records(records, config.property, config.normalize, links=links)
+
+
 def predict_property(encoder: torch.nn.Module, batch: dict, loss: str, scaler: TargetScaler) -> torch.Tensor:
     """(B,) property predictions on the property's own scale."""
     out = encoder(batch)
@@ -87,7 +93,7 @@ def train_step(
     b = len(records)
     lam = config.invariance_weight
     batch_records = records + [permute_record(r, rng) for r in records] if lam > 0 else records
-    batch = collate_chunk_records(batch_records, config.property, config.normalize)
+    batch = collate(batch_records, config)
     raw = encoder(batch)
     loss_task = task_loss(raw[:b], batch["target"][:b], config.loss, scaler)
     loss_inv = logit_invariance_loss(raw[:b], raw[b:]) if lam > 0 else torch.zeros(())
@@ -148,7 +154,7 @@ def recalibrate_embedding_norm(
     module.train()
     try:
         for records in batches:
-            module(collate_chunk_records(records, config.property, config.normalize))
+            module(collate(records, config))
     finally:
         norm.momentum = momentum
         module.train(was_training)
@@ -163,7 +169,7 @@ def predict_records(
     out: dict[str, list] = {"id": [], "family": [], "dataset": [], "prediction": [], "target": []}
     for raw_batch in batches:
         records = records_from_batch(raw_batch)
-        batch = collate_chunk_records(records, config.property, config.normalize)
+        batch = collate(records, config)
         pred = predict_property(encoder, batch, config.loss, scaler)
         out["id"] += list(batch["ids"])
         out["family"] += list(batch["families"])

@@ -9,9 +9,11 @@ from pipeline import families
 from pipeline.baselines import (
     LAYER_QUANTILES,
     LAYER_SUMMARY,
+    LINK_SUMMARY,
     STATNN_QUANTILES,
     layer_set_features,
     layer_summary,
+    link_summaries,
     quantiles,
     state_features,
 )
@@ -42,6 +44,40 @@ def test_layer_set_features_ignore_a_function_preserving_permutation_of_hidden_u
     np.testing.assert_allclose(layer_set_features(permuted), features)
     # ... while a different network of the same shape looks different.
     assert not np.allclose(layer_set_features(_mlp_state(2)), features)
+
+
+def test_links_follow_the_wiring_between_layers_that_per_layer_summaries_miss():
+    state = _mlp_state(0)
+    names = list(state)
+    order = np.random.default_rng(1).permutation(5)
+    permuted = dict(state)  # function-preserving: the hidden units move with their outgoing weights
+    permuted[names[0]], permuted[names[1]] = state[names[0]][order], state[names[1]][order]
+    permuted[names[2]] = state[names[2]][:, order]
+    rewired = dict(state)  # the same layers, but the hidden units now feed other units of the next layer
+    rewired[names[0]], rewired[names[1]] = state[names[0]][order], state[names[1]][order]
+    with_links = layer_set_features(state, links=True)
+    assert with_links.shape == (3 * (LAYER_SUMMARY + LINK_SUMMARY),)
+    np.testing.assert_allclose(layer_set_features(permuted, links=True), with_links)
+    np.testing.assert_allclose(layer_set_features(rewired), layer_set_features(state))
+    assert not np.allclose(layer_set_features(rewired, links=True), with_links)
+
+
+def test_link_gains_of_a_known_chain_fold_a_flatten_onto_channels():
+    rng = np.random.default_rng(0)
+    conv = rng.normal(size=(2, 1, 3, 3))  # 2 channels, flattened over 4 positions into the linear layer
+    linear = rng.normal(size=(3, 8))
+    conv_links, linear_links = link_summaries([conv, linear])
+    assert conv_links.shape == linear_links.shape == (LINK_SUMMARY,)
+    q = len(LAYER_QUANTILES)
+    channel_gain = np.sqrt((conv**2).sum(axis=(1, 2, 3)))  # one input at scale 1
+    np.testing.assert_allclose(conv_links[:q][[0, -1]], np.log(np.sort(channel_gain)), rtol=1e-9)
+    folded = (linear**2).reshape(3, 2, 4).sum(axis=2)  # each channel feeds 4 inputs
+    unit_gain = np.sqrt(folded @ channel_gain**2)
+    np.testing.assert_allclose(linear_links[:q][[0, -1]], np.log([unit_gain.min(), unit_gain.max()]))
+    # The output layer's influence is 1; a conv channel's is its RMS reach into the outputs.
+    np.testing.assert_allclose(linear_links[q : 2 * q], 0.0, atol=1e-9)
+    influence = np.sqrt(folded.T @ np.ones(3))
+    np.testing.assert_allclose(conv_links[q : 2 * q][[0, -1]], np.log(np.sort(influence)))
 
 
 def _blocks(summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

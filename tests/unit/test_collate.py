@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.baselines import LAYER_SUMMARY, layer_summary
+from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY, layer_summary, link_summaries
 from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint, unchunk_record
 from pipeline.collate import collate_chunk_records, records_from_batch
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
@@ -131,6 +131,16 @@ def test_layer_summary_sees_each_layer_unit_by_unit():
     cnn = unchunk_record(records[1])
     expected = layer_summary(cnn["1.weight"] * 10.0, cnn["1.bias"] * 10.0)
     np.testing.assert_allclose(summary[3].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_links_chain_each_checkpoints_raw_weights():
+    records = _records()
+    assert "layer_links" not in collate_chunk_records(records)  # only on request: it costs collate time
+    links = collate_chunk_records(records, links=True)["layer_links"]  # of the raw weights
+    assert links.shape == (7, LINK_SUMMARY) and links.dtype == torch.float32
+    cnn = unchunk_record(records[1])
+    expected = link_summaries([cnn["0.weight"], cnn["1.weight"], cnn["2.weight"]])
+    np.testing.assert_allclose(links[2:5].numpy(), np.stack(expected), rtol=1e-4, atol=1e-4)
 
 
 def test_target_choice_and_missing_targets():

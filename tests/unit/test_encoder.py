@@ -48,7 +48,7 @@ def _mixed_checkpoints(seed: int = 0) -> list[Checkpoint]:
 
 
 def _batch(checkpoints: list[Checkpoint], chunk_size: int = 4) -> dict:
-    return collate_chunk_records([chunk_checkpoint(c, chunk_size) for c in checkpoints])
+    return collate_chunk_records([chunk_checkpoint(c, chunk_size) for c in checkpoints], links=True)
 
 
 def _encoder(cfg: EncoderConfig = SMALL, seed: int = 0) -> SNE:
@@ -116,7 +116,7 @@ def test_padded_layers_change_nothing():
     # Two empty layers for the cnn (one with padded chunks, one with none) and one for the mlp.
     extra = {"layer_kind": [2, 0, 1], "layer_depth": [5, 9, 2], "layer_element_size": [9, 1, 3]}
     extra |= {"layer_fan_in": [9.0, 4.0, 6.0], "layer_checkpoint": [1, 1, 0]}
-    for summary in ("layer_statistics", "layer_summary"):
+    for summary in ("layer_statistics", "layer_summary", "layer_links"):
         extra[summary] = (torch.randn(3, batch[summary].shape[1]) * 10).tolist()
     for key, values in extra.items():
         batch[key] = torch.cat([batch[key], torch.tensor(values, dtype=batch[key].dtype)])
@@ -159,14 +159,21 @@ def test_positional_encoding_switch():
     torch.testing.assert_close(_embed(without, shuffled), out)  # depth is not seen at all
 
 
-@pytest.mark.parametrize("kind, key", [("sets", "layer_summary"), ("statnn", "layer_statistics")])
-def test_layer_statistics_switch(kind, key):
+@pytest.mark.parametrize(
+    "kind, key, unread",
+    [
+        ("sets", "layer_summary", "layer_statistics"),
+        ("statnn", "layer_statistics", "layer_summary"),
+        ("links", "layer_links", "layer_statistics"),
+        ("sets", "layer_summary", "layer_links"),
+    ],
+)
+def test_layer_statistics_switch(kind, key, unread):
     batch = _batch(_mixed_checkpoints())
     other = dict(batch, **{key: batch[key].flip(0)})  # swap the layers' summaries of the chosen kind
     with_stats = _encoder(dataclasses.replace(SMALL, layer_summary=kind))
     assert not torch.allclose(_embed(with_stats, batch), _embed(with_stats, other), atol=1e-4)
-    unread = "layer_statistics" if key == "layer_summary" else "layer_summary"
-    flipped = dict(batch, **{unread: batch[unread].flip(0)})  # the other kind is not read
+    flipped = dict(batch, **{unread: batch[unread].flip(0)})  # a summary of another kind is not read
     torch.testing.assert_close(_embed(with_stats, flipped), _embed(with_stats, batch))
     without = _encoder(dataclasses.replace(SMALL, layer_statistics=False))
     assert without.statistics is None

@@ -6,7 +6,7 @@ import torch
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
 from pipeline.config import debug, from_dict
-from pipeline.train import TargetScaler, build_encoder, recalibrate_embedding_norm, train_step
+from pipeline.train import TargetScaler, build_encoder, collate, recalibrate_embedding_norm, train_step
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
 
@@ -67,3 +67,20 @@ def test_recalibration_is_a_no_op_without_an_embedding_norm():
     recalibrate_embedding_norm(encoder, [_records(4, seed=2)], config)
     after = encoder.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_with_the_links_summary_collates_links_and_learns():
+    records = _records(16, seed=2)
+    sets = from_dict({"chunk_size": 4}, debug())
+    assert "layer_links" not in collate(records, sets)  # only the encoders that read them pay for them
+    config = from_dict({"chunk_size": 4, "layer_summary": "links", "lr": 1e-2}, debug())
+    assert collate(records, config)["layer_links"].shape[0] == 2 * len(records)
+    torch.manual_seed(0)
+    encoder = build_encoder(config).train()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    rng = np.random.default_rng(0)
+    losses = [
+        train_step(encoder, optimizer, records, config, TargetScaler(0.6, 0.2), rng)["task_loss"]
+        for _ in range(30)
+    ]
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
