@@ -240,7 +240,7 @@ def ceiling_plot(figures: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     curve = {int(n): row for n, row in (figures.get("learning_curve") or {}).items()}  # JSON keys are str
-    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(12 if curve else 6.5, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if curve else 1, figsize=(13.5 if curve else 6.5, 4.2), squeeze=False)
     names = list(figures["scores"])
     taus = [figures["scores"][n]["kendall_tau"] for n in names]
     bars = axes[0, 0]
@@ -262,7 +262,7 @@ def ceiling_plot(figures: dict, path: str) -> str:
         line.set_xlabel("training networks")
         line.set_ylabel("Kendall τ on the held-out fifth of the zoo")
         line.set_title("learning curve (gradient-boosted trees)", fontsize=10)
-        line.legend(fontsize=7)
+        line.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: lines fill the axes
         line.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
