@@ -314,3 +314,26 @@ def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
     assert loaded.cfg.layer_summary == "statnn"
     batch = _batch(_mixed_checkpoints())
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
+
+
+def test_prediction_gives_a_links_encoder_the_links_it_reads(tmp_path):
+    from pipeline.export import save_encoder
+    from pipeline.predict import predict_zoo
+    from pipeline.zoo import native
+
+    encoder = _encoder(dataclasses.replace(SMALL, layer_summary="links"))
+    settings = {
+        k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "output"
+    }  # as training exports
+    meta = {"encoder": settings, "chunk_size": 4, "normalize": "fan_in"}
+    meta |= {"property": "test_accuracy", "loss": "mse", "target_mean": 0.5, "target_std": 0.2}
+    save_encoder(str(tmp_path / "encoder"), {k: v.numpy() for k, v in encoder.state_dict().items()}, meta)
+    checkpoints = _mixed_checkpoints()
+    for c in checkpoints:
+        c.properties["train_accuracy"] = 1.0  # the native format requires it
+    native.write_zoo(str(tmp_path / "zoo"), checkpoints)
+    rows = predict_zoo(str(tmp_path / "encoder"), str(tmp_path / "zoo"))["rows"]
+    with torch.no_grad():
+        expected = encoder(_batch(checkpoints)) * 0.2 + 0.5
+    predicted = {r["id"]: r["prediction"] for r in rows}
+    np.testing.assert_allclose([predicted[c.id] for c in checkpoints], expected.numpy(), rtol=1e-5, atol=1e-6)
