@@ -249,7 +249,7 @@ def ceiling_plot(figures: dict, path: str) -> str:
     bars.invert_yaxis()
     for i, t in enumerate(taus):
         bars.text(t, i, f" {t:.3f}", va="center", fontsize=8)
-    bars.set_xlim(min(0.0, *taus), 1.0)
+    bars.set_xlim(min(0.0, *taus), 1.1)  # room for the labels
     bars.set_xlabel(f"test Kendall τ of {figures['property']}")
     bars.set_title(f"{figures['task']} task, {figures['networks']} networks", fontsize=10)
     if curve:

@@ -53,7 +53,8 @@ def collate_chunk_records(
     (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
     and bias, and the layer's sizes), with ``links`` layer_links (Lt, LINK_SUMMARY) float
     (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
-    and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float (omitted when property_name is None), and the lists ids, families, datasets.
+    and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float
+    (omitted when property_name is None), and the lists ids, families, datasets.
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
     land on a common scale; "none" keeps raw values. A missing or NaN target, mixed chunk sizes, an unknown
     layer kind or schema version raise ValueError.

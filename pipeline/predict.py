@@ -72,9 +72,8 @@ def predict_zoo(
     prop = meta["property"]
     rows, rejected = [], []
     for records in _batches(zoo_uri, format, meta["chunk_size"], batch_size, rejected):
-        batch = collate_chunk_records(
-            records, None, meta["normalize"], links=sne.cfg.layer_summary == "links"
-        )
+        links = sne.cfg.layer_statistics and sne.cfg.layer_summary == "links"
+        batch = collate_chunk_records(records, None, meta["normalize"], links=links)
         raw = sne(batch)
         pred = torch.sigmoid(raw) if meta["loss"] == "bce" else raw * meta["target_std"] + meta["target_mean"]
         for r, p in zip(records, pred.tolist(), strict=True):
