@@ -99,9 +99,10 @@ def collate_chunk_records(
             statistics.append(np.concatenate([tensor_statistics(w[wm]), tensor_statistics(bias[bm])]))
             # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e) again.
             in_units = max(1, round(fan_in / e))
-            summaries.append(layer_summary(w[wm].reshape(-1, in_units, e), bias[bm]))
+            layer_weights = w[wm].reshape(-1, in_units, e)
+            summaries.append(layer_summary(layer_weights, bias[bm]))
             if links:
-                raw_weights.append(w[wm].reshape(-1, in_units, e) / scale)
+                raw_weights.append(layer_weights / scale)
             bias_layer.append(np.full(bm.shape[0], g, dtype=np.int64))
             kinds.append(LAYER_KINDS.index(str(kind)))
             depths.append(int(record["layer_index"][i]))

@@ -54,12 +54,12 @@ class EncoderConfig:
     # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
     # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
     # tensor) as features for trees on both our zoos (jobs/zoo_ceiling.py) and inside SNE (README); "statnn"
-    # reads encoders exported before "sets" existed. "links" adds to "sets" each layer's link_summaries: how
-    # its units' gains chain with the layers around it, which no layer on its own shows. All are
-    # permutation-invariant, so a network and its permuted copy share them and logit invariance acts on the
-    # chunk path alone.
+    # reads encoders exported before "sets" existed. "links" (the default) adds to "sets" each layer's
+    # link_summaries: how its units' gains chain with the layers around it, which no layer on its own
+    # shows. All are permutation-invariant, so a network and its permuted copy share them and logit
+    # invariance acts on the chunk path alone.
     layer_statistics: bool = True
-    layer_summary: str = "sets"
+    layer_summary: str = "links"
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
@@ -454,6 +454,12 @@ class SNE(nn.Module):
         if self.statistics is not None:
             # Soft-clipped like the chunk elements: a diverged network's moments stay bounded.
             keys = LAYER_SUMMARIES[cfg.layer_summary][0]
+            missing = [key for key in keys if key not in batch]
+            if missing:
+                raise KeyError(
+                    f"this encoder reads the {cfg.layer_summary!r} layer summary, but the batch has no "
+                    f"{', '.join(missing)} (collate_chunk_records(..., links=True) adds layer_links)"
+                )
             stats = torch.cat([batch[key] for key in keys], dim=1).to(layers.dtype)
             layers = layers + self.statistics(ELEMENT_LIMIT * torch.tanh(stats / ELEMENT_LIMIT))
 

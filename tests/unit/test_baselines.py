@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline import families
@@ -78,6 +79,9 @@ def test_link_gains_of_a_known_chain_fold_a_flatten_onto_channels():
     np.testing.assert_allclose(linear_links[q : 2 * q], 0.0, atol=1e-9)
     influence = np.sqrt(folded.T @ np.ones(3))
     np.testing.assert_allclose(conv_links[q : 2 * q][[0, -1]], np.log(np.sort(influence)))
+    # Last: the rank correlation of gain and influence (the conv's 2 channels: +1 or -1).
+    ranks = np.argsort(np.argsort(channel_gain)), np.argsort(np.argsort(influence))
+    assert conv_links[-1] == pytest.approx(np.corrcoef(*ranks)[0, 1])
 
 
 def _blocks(summary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

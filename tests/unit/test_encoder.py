@@ -182,6 +182,13 @@ def test_layer_statistics_switch(kind, key, unread):
         EncoderConfig(layer_summary="moments")
 
 
+def test_an_encoder_that_reads_links_says_how_to_collate_them():
+    batch = _batch(_mixed_checkpoints())
+    del batch["layer_links"]  # collated without links=True
+    with pytest.raises(KeyError, match=r"'links' layer summary.*no layer_links.*links=True"):
+        _embed(_encoder(dataclasses.replace(SMALL, layer_summary="links")), batch)
+
+
 def test_config_and_encoder_agree_on_the_summary_kinds():
     from pipeline.config import LAYER_SUMMARIES as config_kinds
     from pipeline.encoder import LAYER_SUMMARIES

@@ -131,9 +131,8 @@ def test_logit_invariance_loss_is_half_mean_squared_difference():
 def _trained_permutation_sensitivity(invariance_weight: float) -> float:
     """Train a small SNE for a few steps with weight λ; return how far its output moves under fresh
     function-preserving permutations of networks it never saw (mean |f(W) - f(gW)|)."""
-    from pipeline.collate import collate_chunk_records
     from pipeline.config import debug, from_dict
-    from pipeline.train import TargetScaler, build_encoder, train_step
+    from pipeline.train import TargetScaler, build_encoder, collate, train_step
 
     rng = np.random.default_rng(0)
 
@@ -169,9 +168,9 @@ def _trained_permutation_sensitivity(invariance_weight: float) -> float:
     held_out = [mlp_record(i, 2) for i in range(16)]
     check_rng = np.random.default_rng(99)
     with torch.no_grad():
-        before = encoder(collate_chunk_records(held_out))
+        before = encoder(collate(held_out, config))
         moved = [
-            (encoder(collate_chunk_records([permute_record(r, check_rng) for r in held_out])) - before).abs()
+            (encoder(collate([permute_record(r, check_rng) for r in held_out], config)) - before).abs()
             for _ in range(3)
         ]
     return float(torch.stack(moved).mean())
