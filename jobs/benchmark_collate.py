@@ -31,23 +31,25 @@ def main() -> None:
     files = sorted(Path(args.records, "records").glob("*.parquet"))
     if not files:
         sys.exit(f"error: no records/*.parquet under {args.records}: run jobs/prepare.py first")
+    wanted = args.batch_size * args.batches
     rows: list[dict] = []
     for f in files:
         rows += pq.read_table(f).to_pylist()
-        if len(rows) >= args.batch_size * args.batches:
+        if len(rows) >= wanted:
             break
-    batches = [
-        rows[i : i + args.batch_size] for i in range(0, args.batch_size * args.batches, args.batch_size)
-    ]
-    batches = [b for b in batches if b]
-    for links in (False, True):  # one untimed pass each: imports and allocator warm-up
-        for b in batches:
-            collate_chunk_records(b, links=links)
+    rows = rows[:wanted]
+    batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
+
+    def collate_all(links: bool) -> None:
+        for batch in batches:
+            collate_chunk_records(batch, links=links)
+
+    collate_all(False)  # one untimed pass each: imports and allocator warm-up
+    collate_all(True)
     for name, links in (("sets (no links)", False), ("links", True)):
         start = time.perf_counter()
         for _ in range(args.repeats):
-            for b in batches:
-                collate_chunk_records(b, links=links)
+            collate_all(links)
         ms = (time.perf_counter() - start) / (args.repeats * len(batches)) * 1000
         print(f"{name:16s} {ms:7.1f} ms per batch of {len(batches[0])} checkpoints")
 

@@ -192,6 +192,25 @@ def checkpoint_factory():
     return make_checkpoint
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_job(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "jobs", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture
+def run_job():
+    """Runs ``python jobs/<script> *args`` from the repository root, as a user would; output captured."""
+    return _run_job
+
+
 def run_then_kill(ray, fn, args: tuple, ready, what: str, timeout: float = 400.0) -> None:
     """Run ``fn(*args)`` as a Ray task (like a job's driver), wait until ``ready()``, then kill it.
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +10,6 @@ import pytest
 from pipeline.zoo import Checkpoint, Layer, ZooError, detect_format, modelzoos, native, smallcnnzoo
 from pipeline.zoo.summary import format_summary, reason_group, summarize_zoo
 
-REPO = Path(__file__).resolve().parents[2]
 SMALLCNN = [
     ("conv2d", (16, 1, 3, 3)),
     ("conv2d", (16, 16, 3, 3)),
@@ -97,21 +93,11 @@ def test_reason_group_ignores_numbers_but_not_words():
     assert reason_group("missing property 'test_accuracy'") != reason_group("missing property 'frequency'")
 
 
-def _run_job(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "inspect_zoo.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-
-
-def test_inspect_job_prints_and_writes_json_and_fails_in_one_line(tmp_path):
+def test_inspect_job_prints_and_writes_json_and_fails_in_one_line(tmp_path, run_job):
     zoo = tmp_path / "zoo"
     smallcnnzoo.write_zoo(str(zoo), [make_checkpoint(i) for i in range(3)])
     out = tmp_path / "out" / "summary.json"
-    done = _run_job(str(zoo), "--steps", "all", "--json", str(out))
+    done = run_job("inspect_zoo.py", str(zoo), "--steps", "all", "--json", str(out), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "format     smallcnnzoo (steps=all)" in done.stdout
     summary = json.loads(out.read_text())
@@ -122,7 +108,7 @@ def test_inspect_job_prints_and_writes_json_and_fails_in_one_line(tmp_path):
         and summary["families"]["smallcnn"]["count"] == 3
     )
 
-    failed = _run_job(str(tmp_path / "nowhere"))
+    failed = run_job("inspect_zoo.py", str(tmp_path / "nowhere"), timeout=120)
     assert failed.returncode != 0
     assert failed.stderr.strip().splitlines() == [
         f"error: no zoo at {tmp_path / 'nowhere'}: the path does not exist"

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.splits import assign_splits
 from pipeline.zoo import Checkpoint, Layer, native
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _zoo(path: Path, n: int = 200) -> list[Checkpoint]:
@@ -34,17 +30,12 @@ def _zoo(path: Path, n: int = 200) -> list[Checkpoint]:
     return checkpoints
 
 
-def test_ceiling_job_scores_feature_sets_and_scores_its_learning_curve_on_the_fifth_train_holds_out(tmp_path):
+def test_ceiling_job_scores_feature_sets_and_scores_its_learning_curve_on_the_fifth_train_holds_out(
+    tmp_path, run_job
+):
     checkpoints = _zoo(tmp_path / "zoo")
     out, plot = tmp_path / "ceiling.json", tmp_path / "ceiling.png"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "zoo_ceiling.py"), "--zoo", str(tmp_path / "zoo")]
-        + ["--json", str(out), "--plot", str(plot)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    done = run_job("zoo_ceiling.py", "--zoo", str(tmp_path / "zoo"), "--json", str(out), "--plot", str(plot))
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     assert figures["networks"] == 200
