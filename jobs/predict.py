@@ -3,8 +3,10 @@
     python jobs/predict.py --encoder RUN_ID_OR_URI --zoo URI [--out PATH] [--format auto]
 
 --encoder takes an MLflow run id (or runs:/<id>/encoder) or a folder holding encoder.safetensors
-and encoder.json. The table has id, family, dataset, prediction and the true value where known;
-Kendall tau is printed when true values exist.
+and encoder.json. The table has id, family, dataset, prediction, the true value where known, and
+used_in_training ("train" or "val" for the checkpoints the encoder was fitted or selected on). Where
+true values exist, Kendall tau, R² and MSE are printed overall, per dataset and per family, on the
+checkpoints the encoder never saw: predicting its own training zoo scores its test split.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.evaluation import format_table
 from pipeline.predict import predict_zoo, write_predictions
 from pipeline.runtime import fail
 from pipeline.zoo import ZooError
@@ -30,19 +33,50 @@ def main() -> None:
     p.add_argument("--json", help="write the metrics here as JSON")
     args = p.parse_args()
     try:
-        result = predict_zoo(args.encoder, args.zoo, format=args.format, tracking_uri=args.tracking_uri)
+        result = predict_zoo(
+            args.encoder, args.zoo, format=args.format, tracking_uri=args.tracking_uri, progress=True
+        )
     except (ZooError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     write_predictions(result["rows"], args.out)
     print(
         f"{len(result['rows'])} predictions of {result['property']} written to {args.out}; {len(result['rejected'])} rejected"
     )
-    m = result["metrics"]
-    if m:
-        print(f"Kendall tau {m['kendall_tau']:.3f}  R2 {m['r2']:.3f}  MSE {m['mse']:.5f}  (n={m['n']})")
+    report(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({k: v for k, v in result.items() if k != "rows"}, f, indent=2)
+
+
+def report(result: dict) -> None:
+    """The scores, on the networks the encoder never saw, and what was left out of them and why."""
+    every = result["metrics_all"]
+    if every is None:
+        return
+    used = [r["used_in_training"] for r in result["rows"] if r["true"] is not None and r["used_in_training"]]
+    if not result["training_ids_known"]:
+        print(
+            "this encoder was exported before it recorded its training ids: the scores include its training networks"
+        )
+    elif used:
+        print(
+            f"{len(used)} of them were used in training ({used.count('train')} fitted on, "
+            f"{used.count('val')} for model selection) and are left out of the scores below"
+        )
+        if not result["same_zoo"]:
+            print(
+                "  (matched by id; this zoo's files are not the training zoo's. That is right for a copy or a "
+                "larger zoo that contains it, and wrong if these ids name other networks.)"
+            )
+    if result["metrics"] is None:
+        print("no network with a true value is left that the encoder did not see in training")
+    else:
+        print(format_table(result["per_subset"]))
+    if used:
+        print(
+            f"on all {every['n']}, training networks included: Kendall tau {every['kendall_tau']:.3f}  "
+            f"R2 {every['r2']:.3f}  MSE {every['mse']:.5f}"
+        )
 
 
 if __name__ == "__main__":

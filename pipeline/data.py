@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -66,12 +67,14 @@ def pyarrow_filesystem(uri: str):
 
 
 def quiet_data_progress() -> None:
-    """Silence Ray Data's per-execution progress output in this process (training loops, evaluation)."""
+    """Silence Ray Data's per-execution progress output in this process (training loops, evaluation):
+    its bars, and the INFO line each execution logs when it starts and finishes. Warnings still show."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def read_completion(records_uri: str) -> dict | None:

@@ -1,7 +1,10 @@
-"""The trained encoder as a portable artifact: ``encoder.safetensors`` + ``encoder.json`` (no pickle).
+"""The trained encoder as a portable artifact: ``encoder.safetensors`` + ``encoder.json`` (no pickle),
+and ``training_ids.json``.
 
 ``encoder.json`` holds what prediction needs besides the weights: the encoder sizes, chunk size,
-weight normalisation, the property, the loss and the target scaling.
+weight normalisation, the property, the loss and the target scaling. ``training_ids.json`` lists the
+checkpoints the encoder was fitted on ("train") and selected on ("val"), so that prediction can score
+only networks it never saw; a separate file because it grows with the zoo.
 """
 
 from __future__ import annotations
@@ -13,15 +16,23 @@ import numpy as np
 
 WEIGHTS_FILE = "encoder.safetensors"
 META_FILE = "encoder.json"
+TRAINING_IDS_FILE = "training_ids.json"
 
 
-def save_encoder(directory: str, state: dict[str, np.ndarray], meta: dict) -> str:
+def save_encoder(
+    directory: str, state: dict[str, np.ndarray], meta: dict, training_ids: dict[str, list[str]] | None = None
+) -> str:
+    """``training_ids``: {"train": [...], "val": [...]}, the checkpoint ids used in fitting and selection
+    (training always writes them; None writes no file, as exports did before it existed)."""
     from safetensors.numpy import save_file
 
     os.makedirs(directory, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(directory, WEIGHTS_FILE))
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
+    if training_ids is not None:
+        with open(os.path.join(directory, TRAINING_IDS_FILE), "w") as f:
+            json.dump({k: sorted(v) for k, v in training_ids.items()}, f)
     return directory
 
 
@@ -39,3 +50,13 @@ def load_encoder_files(uri: str) -> tuple[dict[str, np.ndarray], dict]:
     if not wfs.exists(wpath):
         raise FileNotFoundError(f"no {WEIGHTS_FILE} under {uri}")
     return load(wfs.cat_file(wpath)), meta
+
+
+def load_training_ids(uri: str) -> dict[str, str] | None:
+    """{checkpoint id: "train" | "val"} of an exported encoder; None for exports made before the file existed."""
+    from pipeline import storage
+
+    fs, path = storage.filesystem(storage.join(uri, TRAINING_IDS_FILE))
+    if not fs.exists(path):
+        return None
+    return {i: split for split, ids in json.loads(fs.cat_file(path)).items() for i in ids}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -18,15 +19,18 @@ import torch
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
-from pipeline.evaluation import regression_metrics
-from pipeline.export import load_encoder_files
-from pipeline.zoo import Rejection, read_zoo
+from pipeline.evaluation import regression_metrics, subset_metrics
+from pipeline.export import load_encoder_files, load_training_ids
+from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
 
 
 def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, dict]:
-    """An encoder from an MLflow run id (or ``runs:/<id>/encoder``) or a folder URI of exported files."""
+    """An encoder from an MLflow run id (or ``runs:/<id>/encoder``) or a folder URI of exported files.
+
+    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for older exports) too.
+    """
     m = RUN_ID.match(encoder)
     if m:
         from pipeline import tracking
@@ -36,8 +40,10 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
                 tracking.resolve_tracking_uri(tracking_uri), m.group(2), "encoder", d
             )
             state, meta = load_encoder_files(local)
+            meta["training_ids"] = load_training_ids(local)
     else:
         state, meta = load_encoder_files(encoder)
+        meta["training_ids"] = load_training_ids(encoder)
     # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
     # those exported before the "sets" summary used STATNN's.
     older = {"embedding_norm": False, "layer_statistics": False, "layer_summary": "statnn"}
@@ -47,11 +53,9 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
     return sne, meta
 
 
-def _batches(
-    zoo_uri: str, format: str, chunk_size: int, batch_size: int, rejected: list
-) -> Iterator[list[dict]]:
+def _batches(listing: ZooListing, chunk_size: int, batch_size: int, rejected: list) -> Iterator[list[dict]]:
     batch: list[dict] = []
-    for item in read_zoo(zoo_uri, format):
+    for item in (item for part in listing.parts for item in read_part(part)):
         if isinstance(item, Rejection):
             rejected.append(item)
             continue
@@ -65,47 +69,94 @@ def _batches(
 
 @torch.no_grad()
 def predict_zoo(
-    encoder: str, zoo_uri: str, *, format: str = "auto", tracking_uri: str | None = None, batch_size: int = 32
+    encoder: str,
+    zoo_uri: str,
+    *,
+    format: str = "auto",
+    tracking_uri: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
 ) -> dict:
-    """{"rows": [{id, family, dataset, prediction, true}], "metrics": {...} | None, "rejected": [...], "property"}."""
+    """Predictions for every checkpoint of a zoo, and their scores where true values are known.
+
+    Returns {"rows": [{id, family, dataset, prediction, true, used_in_training}], "metrics",
+    "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo"}. ``used_in_training``
+    is "train" or "val" for a checkpoint the encoder was fitted or selected on, "" otherwise. Scores on
+    those would flatter the encoder, so "metrics" and "per_subset" (overall, per dataset, per family)
+    cover only the others; "metrics_all" covers every checkpoint with a true value. An export made
+    before it recorded its training ids scores them all (``training_ids_known`` False). Ids are matched
+    as they are; ``same_zoo`` says whether the zoo's listing is the one the encoder was trained on (a
+    copy elsewhere, or another zoo whose ids repeat the training zoo's, is not). A tqdm bar on stderr
+    when ``progress``.
+    """
+    from tqdm import tqdm
+
     sne, meta = load_encoder(encoder, tracking_uri)
-    prop = meta["property"]
+    prop, seen = meta["property"], meta["training_ids"] or {}
+    links = sne.cfg.layer_statistics and sne.cfg.layer_summary == "links"
+    listing = open_zoo(zoo_uri, format)
     rows, rejected = [], []
-    for records in _batches(zoo_uri, format, meta["chunk_size"], batch_size, rejected):
-        links = sne.cfg.layer_statistics and sne.cfg.layer_summary == "links"
-        batch = collate_chunk_records(records, None, meta["normalize"], links=links)
-        raw = sne(batch)
-        pred = torch.sigmoid(raw) if meta["loss"] == "bce" else raw * meta["target_std"] + meta["target_mean"]
-        for r, p in zip(records, pred.tolist(), strict=True):
-            true = r.get(prop)
-            rows.append(
-                {
-                    "id": r["id"],
-                    "family": r["family"],
-                    "dataset": r["dataset"],
-                    "prediction": p,
-                    "true": None if true is None or math.isnan(true) else float(true),
-                }
+    with tqdm(
+        total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
+    ) as bar:
+        for records in _batches(listing, meta["chunk_size"], batch_size, rejected):
+            batch = collate_chunk_records(records, None, meta["normalize"], links=links)
+            raw = sne(batch)
+            pred = (
+                torch.sigmoid(raw)
+                if meta["loss"] == "bce"
+                else raw * meta["target_std"] + meta["target_mean"]
             )
+            for r, p in zip(records, pred.tolist(), strict=True):
+                true = r.get(prop)
+                rows.append(
+                    {
+                        "id": r["id"],
+                        "family": r["family"],
+                        "dataset": r["dataset"],
+                        "prediction": p,
+                        "true": None if true is None or math.isnan(true) else float(true),
+                        "used_in_training": seen.get(r["id"], ""),
+                    }
+                )
+            bar.update(len(records))
+        bar.update(len(rejected))
     known = [r for r in rows if r["true"] is not None]
-    metrics = None
-    if len(known) >= 2:
-        metrics = regression_metrics(
-            np.array([r["prediction"] for r in known]), np.array([r["true"] for r in known])
-        )
+    unseen = [r for r in known if not r["used_in_training"]]
     return {
         "rows": rows,
-        "metrics": metrics,
+        "metrics": _metrics(unseen),
+        "per_subset": _subsets(unseen),
+        "metrics_all": _metrics(known),
         "rejected": [{"id": r.id, "reason": r.reason} for r in rejected],
         "property": prop,
+        "training_ids_known": meta["training_ids"] is not None,
+        "same_zoo": listing.fingerprint == meta.get("zoo_fingerprint"),
     }
+
+
+def _metrics(rows: list[dict]) -> dict | None:
+    if len(rows) < 2:
+        return None
+    return regression_metrics(np.array([r["prediction"] for r in rows]), np.array([r["true"] for r in rows]))
+
+
+def _subsets(rows: list[dict]) -> list[dict]:
+    if len(rows) < 2:
+        return []
+    columns = {k: [r[k] for r in rows] for k in ("prediction", "true", "family", "dataset")}
+    return subset_metrics(
+        np.array(columns["prediction"]), np.array(columns["true"]), columns["family"], columns["dataset"]
+    )
 
 
 def write_predictions(rows: list[dict], path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        f.write("id,family,dataset,prediction,true\n")
+        f.write("id,family,dataset,prediction,true,used_in_training\n")
         for r in rows:
             true = "" if r["true"] is None else f"{r['true']:.6f}"
-            f.write(f"{r['id']},{r['family']},{r['dataset']},{r['prediction']:.6f},{true}\n")
+            f.write(
+                f"{r['id']},{r['family']},{r['dataset']},{r['prediction']:.6f},{true},{r['used_in_training']}\n"
+            )
     return path

@@ -8,6 +8,7 @@ predictions from rank 0 (``Result.return_value``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -195,6 +196,16 @@ def _unwrap(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder.module if hasattr(encoder, "module") else encoder
 
 
+def quiet_report_logs() -> None:
+    """Drop the two INFO lines Ray Train's workers log at every report (the whole metrics dict, and where
+    the checkpoint went): the controller's one line per epoch says it. Ray Train's other messages, a
+    failure and its retry among them, still show."""
+    import ray.train.v2._internal.execution.context as report_context
+
+    logging.getLogger(report_context.__file__).setLevel(logging.WARNING)  # that module's logger is named so
+    logging.getLogger("ray.train.v2._internal.execution.storage").setLevel(logging.WARNING)
+
+
 def train_fn_per_worker(loop_config: dict) -> dict | None:
     """Ray Train loop. ``loop_config``: {"config": TrainConfig dict, "target_mean", "target_std",
     "train_records", "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
@@ -205,6 +216,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     from pipeline.data import quiet_data_progress
 
     quiet_data_progress()
+    quiet_report_logs()
     config = from_dict(loop_config["config"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()

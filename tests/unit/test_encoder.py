@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,24 +324,72 @@ def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
 
 
-def test_prediction_gives_a_links_encoder_the_links_it_reads(tmp_path):
+def _exported_encoder_and_zoo(tmp_path, encoder, checkpoints, training_ids=None) -> tuple[str, str]:
+    """An encoder exported as training exports it, and a native zoo of ``checkpoints``: (encoder, zoo) URIs."""
     from pipeline.export import save_encoder
-    from pipeline.predict import predict_zoo
     from pipeline.zoo import native
 
-    encoder = _encoder(dataclasses.replace(SMALL, layer_summary="links"))
-    settings = {
-        k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "output"
-    }  # as training exports
+    settings = {k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "output"}
     meta = {"encoder": settings, "chunk_size": 4, "normalize": "fan_in"}
     meta |= {"property": "test_accuracy", "loss": "mse", "target_mean": 0.5, "target_std": 0.2}
-    save_encoder(str(tmp_path / "encoder"), {k: v.numpy() for k, v in encoder.state_dict().items()}, meta)
-    checkpoints = _mixed_checkpoints()
+    state = {k: v.numpy() for k, v in encoder.state_dict().items()}
+    save_encoder(str(tmp_path / "encoder"), state, meta, training_ids)
     for c in checkpoints:
         c.properties["train_accuracy"] = 1.0  # the native format requires it
     native.write_zoo(str(tmp_path / "zoo"), checkpoints)
-    rows = predict_zoo(str(tmp_path / "encoder"), str(tmp_path / "zoo"))["rows"]
+    return str(tmp_path / "encoder"), str(tmp_path / "zoo")
+
+
+def test_prediction_gives_a_links_encoder_the_links_it_reads(tmp_path):
+    from pipeline.predict import predict_zoo
+
+    encoder = _encoder(dataclasses.replace(SMALL, layer_summary="links"))
+    checkpoints = _mixed_checkpoints()
+    rows = predict_zoo(*_exported_encoder_and_zoo(tmp_path, encoder, checkpoints))["rows"]
     with torch.no_grad():
         expected = encoder(_batch(checkpoints)) * 0.2 + 0.5
     predicted = {r["id"]: r["prediction"] for r in rows}
     np.testing.assert_allclose([predicted[c.id] for c in checkpoints], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_prediction_scores_only_the_networks_the_encoder_never_saw(tmp_path):
+    from pipeline.predict import predict_zoo, write_predictions
+
+    checkpoints = _mixed_checkpoints(0) + _mixed_checkpoints(1)
+    for c in checkpoints[3:]:
+        c.id += "-b"
+    for c, acc in zip(checkpoints, (0.1, 0.3, 0.5, 0.2, 0.6, 0.9), strict=True):
+        c.properties["test_accuracy"] = acc
+    seen = {"train": ["mlp", "cnn-b"], "val": ["c1d"]}
+    result = predict_zoo(*_exported_encoder_and_zoo(tmp_path, _encoder(), checkpoints, seen))
+    used = {r["id"]: r["used_in_training"] for r in result["rows"]}
+    assert used == {"mlp": "train", "cnn-b": "train", "c1d": "val", "cnn": "", "mlp-b": "", "c1d-b": ""}
+    assert result["training_ids_known"] and result["metrics"]["n"] == 3 and result["metrics_all"]["n"] == 6
+    unseen = [r for r in result["rows"] if not r["used_in_training"]]
+    assert result["per_subset"][0] == {"subset": "all", **result["metrics"]}
+    assert {r["subset"] for r in result["per_subset"]} == {
+        "all",
+        "dataset=digits",
+        "family=mlp",
+        "family=cnn",
+        "family=c1d",
+    }
+    assert result["metrics"]["mse"] == pytest.approx(
+        np.mean([(r["prediction"] - r["true"]) ** 2 for r in unseen])
+    )
+    # Not the zoo it was trained on: this export names no zoo fingerprint.
+    assert not result["same_zoo"]
+    table = write_predictions(result["rows"], str(tmp_path / "predictions.csv"))
+    lines = Path(table).read_text().splitlines()
+    assert lines[0] == "id,family,dataset,prediction,true,used_in_training"
+    assert {line.split(",")[0]: line.split(",")[-1] for line in lines[1:]} == used
+
+
+def test_an_export_without_training_ids_scores_every_network(tmp_path):
+    from pipeline.predict import predict_zoo
+
+    checkpoints = _mixed_checkpoints()
+    result = predict_zoo(*_exported_encoder_and_zoo(tmp_path, _encoder(), checkpoints))
+    assert not result["training_ids_known"]
+    assert result["metrics"]["n"] == result["metrics_all"]["n"] == 3
+    assert all(r["used_in_training"] == "" for r in result["rows"])
