@@ -120,8 +120,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        storage.write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ python jobs/inspect_zoo.py ZOO_URI [--format auto|native|smallcnnzoo|modelzoos]
 from __future__ import annotations
 
 import argparse
-import json
 
 from pipeline import storage
 from pipeline.runtime import fail
@@ -33,7 +32,7 @@ def main() -> None:
         fail(str(e))
     print(format_summary(summary))
     if args.json:
-        storage.write_bytes_atomic(args.json, json.dumps(summary, indent=2).encode())
+        storage.write_json(args.json, summary)
 
 
 if __name__ == "__main__":

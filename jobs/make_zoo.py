@@ -36,7 +36,7 @@ def main() -> None:
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
-        storage.write_bytes_atomic(args.json, text.encode())
+        storage.write_json(args.json, summary)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
 """Predict a property for every checkpoint of a zoo with a trained SNE encoder.
 
-    python jobs/predict.py --encoder RUN_ID_OR_URI --zoo URI [--out PATH] [--format auto]
+    python jobs/predict.py --encoder RUN_ID_OR_URI --zoo URI [--out PATH] [--plot PNG] [--json PATH]
 
 --encoder takes an MLflow run id (or runs:/<id>/encoder) or a folder holding encoder.safetensors
 and encoder.json. The table has id, family, dataset, prediction, the true value where known, and
 used_in_training ("train" or "val" for the checkpoints the encoder was fitted or selected on). Where
 true values exist, Kendall tau, R² and MSE are printed overall, per dataset and per family, on the
 checkpoints the encoder never saw: predicting its own training zoo scores its test split.
+--out, --plot and --json take a local path or an s3:// URI, so a run under `ray job submit` can leave
+them in the bucket.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
+from pipeline import storage
 from pipeline.evaluation import format_table
-from pipeline.predict import predict_zoo, write_predictions
+from pipeline.predict import plot_predictions, predict_zoo, write_predictions
 from pipeline.runtime import fail
 from pipeline.zoo import ZooError
 
@@ -25,12 +27,17 @@ def main() -> None:
     p.add_argument("--encoder", required=True)
     p.add_argument("--zoo", required=True)
     p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
-    p.add_argument("--out", default="predictions.csv", help="CSV table to write (default: %(default)s)")
+    p.add_argument(
+        "--out", default="predictions.csv", help="CSV table to write, a path or URI (default: %(default)s)"
+    )
     p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI for a run id (default: MLFLOW_TRACKING_URI or the local SQLite store)",
     )
-    p.add_argument("--json", help="write the metrics here as JSON")
+    p.add_argument("--json", help="write the metrics here as JSON (a path or URI)")
+    p.add_argument(
+        "--plot", help="draw predicted vs true for the networks it never saw into this PNG (path or URI)"
+    )
     args = p.parse_args()
     try:
         result = predict_zoo(
@@ -43,9 +50,13 @@ def main() -> None:
         f"{len(result['rows'])} predictions of {result['property']} written to {args.out}; {len(result['rejected'])} rejected"
     )
     report(result)
+    if args.plot:
+        drawn = plot_predictions(result, args.plot)
+        print(
+            f"plot: {drawn}" if drawn else "no plot: fewer than two networks with a true value it did not see"
+        )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({k: v for k, v in result.items() if k != "rows"}, f, indent=2)
+        storage.write_json(args.json, {k: v for k, v in result.items() if k != "rows"})
 
 
 def report(result: dict) -> None:

@@ -6,8 +6,6 @@ python jobs/prepare.py --zoo URI --chunk-size C [--out URI] [--format auto] [--j
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 from pipeline import storage
 from pipeline.config import TrainConfig
@@ -54,9 +52,7 @@ def main() -> None:
     for reason, n in sorted(summary.rejected_reasons.items(), key=lambda kv: -kv[1]):
         print(f"  rejected {n}: {reason}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(summary.to_dict(), f, indent=2)
+        storage.write_json(args.json, summary.to_dict())
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ records, trains, evaluates, and prints the test Kendall tau of SNE and STATNN.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 
 from pipeline import config as cfg
+from pipeline import storage
 from pipeline.runtime import fail, start_ray
 from pipeline.tracking import ui_command
 from pipeline.zoo import ZooError
@@ -60,9 +59,7 @@ def main() -> None:
     print(f"  {ui_command(final['tracking_uri'])}")
     print(f"encoder: {final['encoder_uri']}   checkpoint: {final['checkpoint_uri']}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(final, f, indent=2, default=str)
+        storage.write_json(args.json, final)
 
 
 if __name__ == "__main__":

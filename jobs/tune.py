@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 
 from pipeline import config as cfg
+from pipeline import storage
 from pipeline.runtime import fail, start_ray
 from pipeline.tracking import ui_command
 from pipeline.tune import SweepSpec, format_trials, grid_size, run_sweep
@@ -128,9 +127,7 @@ def main() -> None:
     print(f"sweep took {summary['seconds']:.0f} s; MLflow parent run {summary['parent_run_id']}; UI:")
     print(f"  {ui_command(summary['tracking_uri'])}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        storage.write_json(args.json, summary)
 
 
 if __name__ == "__main__":

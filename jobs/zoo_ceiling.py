@@ -25,14 +25,14 @@ A cross task uses jobs/train.py's split for the same flags (and has no learning 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 import numpy as np
 
+from pipeline import storage
 from pipeline.baselines import STATNN, layer_set_features, pad_features, state_features
 from pipeline.config import TASKS
-from pipeline.evaluation import regression_metrics
+from pipeline.evaluation import regression_metrics, save_figure
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
 from pipeline.zoo import Rejection, ZooError
@@ -225,8 +225,7 @@ def main() -> None:
 
 def _write(figures: dict, path: str | None, plot: str | None) -> None:
     if path:
-        with open(path, "w") as f:
-            json.dump(figures, f, indent=2)
+        storage.write_json(path, figures)
     if plot:
         print(f"plot: {ceiling_plot(figures, plot)}")
 
@@ -265,9 +264,7 @@ def ceiling_plot(figures: dict, path: str) -> str:
         line.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: lines fill the axes
         line.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from pipeline import storage
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -55,8 +58,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def scatter_plot(pred: np.ndarray, true: np.ndarray, groups: Sequence[str], path: str, title: str) -> str:
-    """Predicted vs true, coloured by group (family), diagonal for reference; writes a PNG."""
+def scatter_plot(pred: np.ndarray, true: np.ndarray, groups: Sequence[str], uri: str, title: str) -> str:
+    """Predicted vs true, coloured by group (family), diagonal for reference; a PNG at a path or URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,6 +78,15 @@ def scatter_plot(pred: np.ndarray, true: np.ndarray, groups: Sequence[str], path
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return save_figure(fig, uri, dpi=120)
+
+
+def save_figure(fig, uri: str, dpi: int) -> str:
+    """A matplotlib figure as PNG at a local path or URI (s3://...), then closed; the URI."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    return path
+    storage.write_bytes_atomic(uri, buffer.getvalue())
+    return uri

@@ -7,7 +7,6 @@ in batches, so memory follows the batch, not the zoo.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 import tempfile
@@ -16,10 +15,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from pipeline import storage
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
-from pipeline.evaluation import regression_metrics, subset_metrics
+from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_training_ids
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
@@ -150,13 +150,25 @@ def _subsets(rows: list[dict]) -> list[dict]:
     )
 
 
-def write_predictions(rows: list[dict], path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("id,family,dataset,prediction,true,used_in_training\n")
-        for r in rows:
-            true = "" if r["true"] is None else f"{r['true']:.6f}"
-            f.write(
-                f"{r['id']},{r['family']},{r['dataset']},{r['prediction']:.6f},{true},{r['used_in_training']}\n"
-            )
-    return path
+def write_predictions(rows: list[dict], uri: str) -> str:
+    """The table as CSV at a local path or URI (s3://...); the URI."""
+    lines = ["id,family,dataset,prediction,true,used_in_training"]
+    for r in rows:
+        true = "" if r["true"] is None else f"{r['true']:.6f}"
+        lines.append(
+            f"{r['id']},{r['family']},{r['dataset']},{r['prediction']:.6f},{true},{r['used_in_training']}"
+        )
+    storage.write_bytes_atomic(uri, ("\n".join(lines) + "\n").encode())
+    return uri
+
+
+def plot_predictions(result: dict, uri: str) -> str | None:
+    """Predicted vs true for the checkpoints the encoder never saw, by family, as a PNG at a path or URI;
+    None when fewer than two have a true value."""
+    unseen = [r for r in result["rows"] if r["true"] is not None and not r["used_in_training"]]
+    if len(unseen) < 2:
+        return None
+    m = result["metrics"]
+    title = f"{result['property']}: tau={m['kendall_tau']:.3f}, {m['n']} unseen networks"
+    pred, true = (np.array([r[k] for r in unseen]) for k in ("prediction", "true"))
+    return scatter_plot(pred, true, [r["family"] for r in unseen], uri, title)

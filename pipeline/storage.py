@@ -6,6 +6,7 @@ point at S3-compatible stores (MinIO, the moto server in tests). Credentials are
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 
@@ -51,6 +52,15 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     if protocol in ("file", "local"):
         return path
     return f"{'s3' if protocol in ('s3', 's3a') else protocol}://{path}"
+
+
+def write_json(uri: str, value) -> str:
+    """Write ``value`` as indented JSON to a local path or URI (what every job's ``--json`` does); the URI.
+
+    Values JSON cannot hold (paths, dates) are written as their text.
+    """
+    write_bytes_atomic(uri, (json.dumps(value, indent=2, default=str) + "\n").encode())
+    return uri
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:

@@ -1,5 +1,6 @@
 """Ray Train on a real (tiny) zoo through the S3 server, with MLflow logging, resume and prediction."""
 
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ from conftest import new_bucket, run_then_kill
 from pipeline import storage, tracking
 from pipeline.config import debug, from_dict
 from pipeline.driver import run_training
-from pipeline.predict import predict_zoo
+from pipeline.predict import plot_predictions, predict_zoo, write_predictions
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +60,7 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
     assert {a.path for a in client.list_artifacts(final["run_id"], "encoder")} == {
         "encoder/encoder.json",
         "encoder/encoder.safetensors",
+        "encoder/training_ids.json",
     }
 
 
@@ -122,6 +124,16 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
         [unseen[i] for i in tested], [float(r["prediction"]) for r in tested.values()], rtol=1e-4, atol=1e-5
     )
     assert result["metrics"]["kendall_tau"] == pytest.approx(final["test_kendall_tau"], abs=1e-6)
+
+    # Its outputs go to the bucket as readily as to a local folder (a `ray job submit` run keeps no local files).
+    out = f"{tiny_zoo}/predictions"
+    write_predictions(rows, f"{out}/table.csv")
+    plot_predictions(result, f"{out}/scatter.png")
+    storage.write_json(f"{out}/metrics.json", {k: v for k, v in result.items() if k != "rows"})
+    fs, path = storage.filesystem(out)
+    assert fs.cat_file(f"{path}/table.csv").decode().count("\n") == 49
+    assert fs.cat_file(f"{path}/scatter.png").startswith(b"\x89PNG")
+    assert json.loads(fs.cat_file(f"{path}/metrics.json"))["metrics"]["n"] == final["split"]["test"]
 
 
 def _artifact_table(final: dict, name: str, tmp_path) -> dict[str, dict]:
