@@ -52,6 +52,10 @@ def main() -> None:
     print(
         f"   (R2 {final['test_r2']:.3f}, MSE {final['test_mse']:.5f}; best val tau {final['best_val_kendall_tau']:.3f} at epoch {final['best_epoch'] + 1})"
     )
+    print(
+        f"  on its own training networks: tau {final['train_kendall_tau']:.3f}, R2 {final['train_r2']:.3f}, "
+        f"MSE {final['train_mse']:.5f}"
+    )
     for row in final["per_subset"][1:]:
         tau = row["kendall_tau"]
         print(f"  {row['subset']:<28} n={row['n']:<5} tau={'   n/a' if math.isnan(tau) else f'{tau:6.3f}'}")

@@ -30,9 +30,9 @@ import math
 import numpy as np
 
 from pipeline import storage
-from pipeline.baselines import STATNN, layer_set_features, pad_features, state_features
+from pipeline.baselines import fit_mlp, fit_trees, layer_set_features, pad_features, scores, state_features
 from pipeline.config import TASKS
-from pipeline.evaluation import regression_metrics, save_figure
+from pipeline.evaluation import save_figure
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
 from pipeline.zoo import Rejection, ZooError
@@ -59,36 +59,6 @@ def hyperparameter_matrix(rows: list[dict], exclude: str) -> np.ndarray:
             elif isinstance(v, str) and not v.startswith("{"):
                 out[i, j] = codes.setdefault((k, v), len(codes))
     return out[:, ~np.isnan(out).all(axis=0)]  # a column that is never set carries nothing
-
-
-def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    metrics = regression_metrics(pred, true)
-    return {"kendall_tau": float(metrics["kendall_tau"]), "mse": float(metrics["mse"])}
-
-
-def fit_trees(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    """STATNN's trees on any feature matrix; test Kendall tau and MSE."""
-    seen = ~np.isnan(x[train]).all(axis=0)  # the trees cannot bin a column the training rows never set
-    model = STATNN().fit(list(x[train][:, seen]), y[train])
-    return scores(model.predict(list(x[test][:, seen])), y[test])
-
-
-def fit_mlp(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    """A neural learner on the same features as the trees: how much of the gap is the learner's."""
-    from sklearn.neural_network import MLPRegressor
-    from sklearn.preprocessing import QuantileTransformer
-
-    # Rank-based scaling fitted on the training rows: one diverged network (|w| = 22,000 in the small zoo)
-    # wrecks a mean/std scaling. A padded (absent) tensor becomes 0, the middle of the distribution.
-    scaler = QuantileTransformer(
-        output_distribution="normal", n_quantiles=min(1000, len(train)), random_state=0
-    )
-    z = np.nan_to_num(scaler.fit(x[train]).transform(x))
-    model = MLPRegressor(
-        hidden_layer_sizes=(256, 256), alpha=1.0, early_stopping=True, max_iter=600, random_state=0
-    )
-    model.fit(z[train], y[train])
-    return scores(model.predict(z[test]), y[test])
 
 
 def read_from_function(checkpoints: list, prop: str) -> np.ndarray:

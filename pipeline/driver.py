@@ -1,7 +1,8 @@
 """The driver function shared by ``jobs/train.py`` and every Ray Tune trial.
 
-prepare (cached chunk records) → split → Ray Train fit (resumable by run name) → test metrics,
-STATNN baseline, MLflow artifacts. Returns a plain dict of final metrics and URIs.
+prepare (cached chunk records) → split → Ray Train fit (resumable by run name) → test metrics (and the
+same scores on the training networks), STATNN baseline, MLflow artifacts. Returns a plain dict of final
+metrics and URIs.
 """
 
 from __future__ import annotations
@@ -250,6 +251,14 @@ def run_training(
     for r in rows[1:]:
         # MLflow metric names allow no "=": test_kendall_tau/family/mlp
         final[f"test_kendall_tau/{r['subset'].replace('=', '/')}"] = r["kendall_tau"]
+    # The same encoder scored on the networks it was fitted on: beside the test scores this tells
+    # underfitting (both poor: more capacity or steps may help) from overfitting (train far ahead: more
+    # networks or regularisation may). On the inr zoo SNE stays far from fitting its own networks (README).
+    fitted = predict_records(
+        encoder, datasets["train"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
+    )
+    fit = regression_metrics(np.array(fitted["prediction"]), np.array(fitted["target"]))
+    final.update({f"train_{k}": fit[k] for k in ("kendall_tau", "r2", "mse")})
 
     statnn_pred = None
     if config.statnn:

@@ -10,6 +10,7 @@ from conftest import new_bucket, run_then_kill
 from pipeline import storage, tracking
 from pipeline.config import debug, from_dict
 from pipeline.driver import run_training
+from pipeline.evaluation import regression_metrics
 from pipeline.predict import plot_predictions, predict_zoo, write_predictions
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,7 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
     assert run.data.tags["zoo_fingerprint"] and run.data.tags["chunk_size"] == "16"
     assert [m.step for m in client.get_metric_history(final["run_id"], "val_kendall_tau")] == [0, 1, 2]
     assert run.data.metrics["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
+    assert run.data.metrics["train_mse"] == pytest.approx(final["train_mse"]) and final["train_mse"] > 0
     artifacts = {a.path for a in client.list_artifacts(final["run_id"])}
     assert {"encoder", "test_scatter.png", "test_metrics.txt", "test_predictions.csv"} <= artifacts
     assert {a.path for a in client.list_artifacts(final["run_id"], "encoder")} == {
@@ -124,6 +126,12 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
         [unseen[i] for i in tested], [float(r["prediction"]) for r in tested.values()], rtol=1e-4, atol=1e-5
     )
     assert result["metrics"]["kendall_tau"] == pytest.approx(final["test_kendall_tau"], abs=1e-6)
+    # The run's scores on its own training networks are those networks' scores, as predict sees them.
+    fitted = [r for r in rows if r["used_in_training"] == "train"]
+    assert len(fitted) == final["split"]["train"]
+    fit = regression_metrics(*(np.array([r[k] for r in fitted]) for k in ("prediction", "true")))
+    assert fit["kendall_tau"] == pytest.approx(final["train_kendall_tau"], abs=1e-6)
+    assert fit["mse"] == pytest.approx(final["train_mse"], rel=1e-4)
 
     # Its outputs go to the bucket as readily as to a local folder (a `ray job submit` run keeps no local files).
     out = f"{tiny_zoo}/predictions"

@@ -1,0 +1,145 @@
+"""Benchmark: does SNE fit its own training networks, and does reading more than its summaries pay?
+
+Trains SNE in one process (no Ray, one worker) on the first --n-train training networks of the random
+split of prepared chunk records (the split jobs/train.py uses), and every --eval-every epochs prints
+its MSE and Kendall tau on those networks and on the first --n-val validation networks. Then fits
+an MLP (256-256) and gradient-boosted trees on the per-layer summaries of the same networks alone
+(the links summary SNE reads: each layer's sets and links, layers side by side). An SNE far behind
+the MLP on its training networks underfits; the validation columns say whether that costs it
+anything, or whether the chunk encoder reads no more than the summaries already hold.
+
+    python jobs/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v1 --property frequency
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline import storage
+from pipeline.baselines import fit_mlp, fit_trees, pad_features, scores
+from pipeline.collate import collate_chunk_records
+from pipeline.config import TrainConfig
+from pipeline.splits import assign_splits
+from pipeline.train import (
+    TargetScaler,
+    build_encoder,
+    keep_for_calibration,
+    lr_factor,
+    predict_records,
+    recalibrate_embedding_norm,
+    train_step,
+)
+
+
+def summary_rows(records: list[dict], property_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each network's per-layer sets + links summaries, layers side by side (NaN-padded), and its target."""
+    rows, targets = [], []
+    for start in range(0, len(records), 64):
+        batch = collate_chunk_records(records[start : start + 64], property_name, links=True)
+        per_layer = torch.cat([batch["layer_summary"], batch["layer_links"]], dim=1).numpy()
+        owner = batch["layer_checkpoint"].numpy()
+        rows += [per_layer[owner == k].reshape(-1) for k in range(int(owner.max()) + 1)]
+        targets += batch["target"].tolist()
+    return pad_features(rows), np.array(targets)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", required=True, help="a local chunk-records folder (with records/*.parquet)")
+    p.add_argument("--property", default="test_accuracy")
+    p.add_argument(
+        "--n-train", type=int, default=256, help="training networks (the first of the train split)"
+    )
+    p.add_argument("--n-val", type=int, default=300, help="validation networks (the first of the val split)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--invariance-weight", type=float, default=0.0)
+    p.add_argument("--no-layer-statistics", action="store_true", help="the paper's SNE: no per-layer summary")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="write the figures here (a path or URI)")
+    args = p.parse_args()
+
+    files = sorted(Path(args.records, "records").glob("*.parquet"))
+    if not files:
+        sys.exit(f"error: no records/*.parquet under {args.records}: run jobs/prepare.py first")
+    torch.set_num_threads(args.threads)
+    records = sorted((r for f in files for r in pq.read_table(f).to_pylist()), key=lambda r: r["id"])
+    missing = [
+        r["id"] for r in records if r.get(args.property) is None or r[args.property] != r[args.property]
+    ]
+    if missing:
+        sys.exit(f"error: {len(missing)} record(s) lack property {args.property!r} (e.g. {missing[:3]})")
+    split = assign_splits(
+        [r["id"] for r in records], [r["family"] for r in records], [r["dataset"] for r in records]
+    )
+    train = [r for r in records if split[r["id"]] == "train"][: args.n_train]
+    val = [r for r in records if split[r["id"]] == "val"][: args.n_val]
+    print(f"{len(records)} records: fitting {len(train)} training networks, validating on {len(val)}")
+
+    config = TrainConfig(
+        property=args.property,
+        hidden=args.hidden,
+        lr=args.lr,
+        invariance_weight=args.invariance_weight,
+        layer_statistics=not args.no_layer_statistics,
+        epochs=args.epochs,
+        seed=args.seed,
+    ).validate()
+    targets = np.array([r[args.property] for r in train], dtype=np.float64)
+    scaler = TargetScaler(float(targets.mean()), float(targets.std() or 1.0))
+    encoder = build_encoder(config)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
+    rng = np.random.default_rng(args.seed)
+    steps_per_epoch = -(-len(train) // config.batch_size)
+    total, step, started = steps_per_epoch * config.epochs, 0, time.time()
+
+    def evaluate(rows: list[dict]) -> dict[str, float]:
+        out = predict_records(encoder, [rows[i : i + 64] for i in range(0, len(rows), 64)], config, scaler)
+        return scores(np.array(out["prediction"]), np.array(out["target"]))
+
+    figures: dict = {"sne": []}
+    for epoch in range(config.epochs):
+        order, calibration = rng.permutation(len(train)), []
+        for s in range(steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(step, total, config.lr_schedule)
+            batch = [train[i] for i in order[s * config.batch_size : (s + 1) * config.batch_size]]
+            train_step(encoder, optimizer, batch, config, scaler, rng)
+            keep_for_calibration(calibration, batch)
+            step += 1
+        if (epoch + 1) % args.eval_every and epoch + 1 != config.epochs:
+            continue
+        recalibrate_embedding_norm(encoder, calibration, config)
+        fit, held = evaluate(train), evaluate(val)
+        figures["sne"].append({"epoch": epoch + 1, "train": fit, "val": held})
+        print(
+            f"SNE epoch {epoch + 1:>3}: training networks MSE {fit['mse']:.4g} tau {fit['kendall_tau']:.3f} | "
+            f"validation MSE {held['mse']:.4g} tau {held['kendall_tau']:.3f}  ({time.time() - started:.0f} s)",
+            flush=True,
+        )
+
+    x, y = summary_rows(train + val, args.property)
+    fitted, held = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
+    for name, fitter in (("MLP on the summaries", fit_mlp), ("trees on the summaries", fit_trees)):
+        fit, out = fitter(x, y, fitted, fitted), fitter(x, y, fitted, held)
+        figures[name] = {"train": fit, "val": out}
+        print(
+            f"{name:<23}: training networks MSE {fit['mse']:.4g} tau {fit['kendall_tau']:.3f} | "
+            f"validation MSE {out['mse']:.4g} tau {out['kendall_tau']:.3f}"
+        )
+    if args.json:
+        storage.write_json(args.json, {"config": vars(args), **figures})
+
+
+if __name__ == "__main__":
+    main()
