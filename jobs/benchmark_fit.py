@@ -84,6 +84,10 @@ def main() -> None:
     )
     train = [r for r in records if split[r["id"]] == "train"][: args.n_train]
     val = [r for r in records if split[r["id"]] == "val"][: args.n_val]
+    if len(train) < 2 or len(val) < 2:
+        sys.exit(
+            f"error: need at least 2 training and 2 validation networks, got {len(train)} and {len(val)}"
+        )
     print(f"{len(records)} records: fitting {len(train)} training networks, validating on {len(val)}")
 
     config = TrainConfig(
@@ -129,9 +133,9 @@ def main() -> None:
         )
 
     x, y = summary_rows(train + val, args.property)
-    fitted, held = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
+    train_rows, val_rows = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
     for name, fitter in (("MLP on the summaries", fit_mlp), ("trees on the summaries", fit_trees)):
-        fit, out = fitter(x, y, fitted, fitted), fitter(x, y, fitted, held)
+        fit, out = fitter(x, y, train_rows, train_rows), fitter(x, y, train_rows, val_rows)
         figures[name] = {"train": fit, "val": out}
         print(
             f"{name:<23}: training networks MSE {fit['mse']:.4g} tau {fit['kendall_tau']:.3f} | "
