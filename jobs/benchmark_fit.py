@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline import storage
-from pipeline.baselines import fit_mlp, fit_trees, pad_features, scores
-from pipeline.collate import collate_chunk_records
+from pipeline.baselines import fit_mlp, fit_trees, layer_set_features, pad_features, scores
+from pipeline.chunking import unchunk_record
 from pipeline.config import TrainConfig
 from pipeline.splits import assign_splits
 from pipeline.train import (
@@ -36,18 +36,6 @@ from pipeline.train import (
     recalibrate_embedding_norm,
     train_step,
 )
-
-
-def summary_rows(records: list[dict], property_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each network's per-layer sets + links summaries, layers side by side (NaN-padded), and its target."""
-    rows, targets = [], []
-    for start in range(0, len(records), 64):
-        batch = collate_chunk_records(records[start : start + 64], property_name, links=True)
-        per_layer = torch.cat([batch["layer_summary"], batch["layer_links"]], dim=1).numpy()
-        owner = batch["layer_checkpoint"].numpy()
-        rows += [per_layer[owner == k].reshape(-1) for k in range(int(owner.max()) + 1)]
-        targets += batch["target"].tolist()
-    return pad_features(rows), np.array(targets)
 
 
 def main() -> None:
@@ -132,7 +120,9 @@ def main() -> None:
             flush=True,
         )
 
-    x, y = summary_rows(train + val, args.property)
+    # The summaries SNE reads, in the fixed-length form zoo_ceiling gives its trees.
+    x = pad_features([layer_set_features(unchunk_record(r), links=True) for r in train + val])
+    y = np.array([r[args.property] for r in train + val], dtype=np.float64)
     train_rows, val_rows = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
     for name, fitter in (("MLP on the summaries", fit_mlp), ("trees on the summaries", fit_trees)):
         fit, out = fitter(x, y, train_rows, train_rows), fitter(x, y, train_rows, val_rows)
