@@ -4,11 +4,12 @@ Trains SNE in one process (no Ray, one worker) on the first --n-train training n
 split of prepared chunk records (the split jobs/train.py uses), and every --eval-every epochs prints
 its MSE and Kendall tau on those networks and on the first --n-val validation networks. Then fits
 an MLP (256-256) and gradient-boosted trees on the per-layer summaries of the same networks alone
-(the links summary SNE reads: each layer's sets and links, layers side by side). An SNE far behind
+(the links summary SNE reads: each layer's sets and links, layers side by side, and each network's
+probe vector where the records carry one and --no-probe-summary is not given). An SNE far behind
 the MLP on its training networks underfits; the validation columns say whether that costs it
 anything, or whether the chunk encoder reads no more than the summaries already hold.
 
-    python jobs/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v1 --property frequency
+    python jobs/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v2 --property frequency
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--invariance-weight", type=float, default=0.0)
     p.add_argument("--no-layer-statistics", action="store_true", help="the paper's SNE: no per-layer summary")
+    p.add_argument(
+        "--no-probe-summary", action="store_true", help="weights only: no probe of what each network computes"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="write the figures here (a path or URI)")
@@ -84,6 +88,7 @@ def main() -> None:
         lr=args.lr,
         invariance_weight=args.invariance_weight,
         layer_statistics=not args.no_layer_statistics,
+        probe_summary=not args.no_probe_summary,
         epochs=args.epochs,
         seed=args.seed,
     ).validate()
@@ -120,8 +125,11 @@ def main() -> None:
             flush=True,
         )
 
-    # The summaries SNE reads, in the fixed-length form zoo_ceiling gives its trees.
+    # The summaries SNE reads (and the probes), in the fixed-length form zoo_ceiling gives its trees.
     x = pad_features([layer_set_features(unchunk_record(r), links=True) for r in train + val])
+    probes = [r.get("probe") for r in train + val]
+    if config.probe_summary and all(v is not None for v in probes):
+        x = np.hstack([x, np.array(probes, dtype=np.float64)])
     y = np.array([r[args.property] for r in train + val], dtype=np.float64)
     train_rows, val_rows = np.arange(len(train)), np.arange(len(train), len(train) + len(val))
     for name, fitter in (("MLP on the summaries", fit_mlp), ("trees on the summaries", fit_trees)):

@@ -49,6 +49,11 @@ def main() -> None:
     print(
         f"{len(result['rows'])} predictions of {result['property']} written to {args.out}; {len(result['rejected'])} rejected"
     )
+    if result["unprobed"]:
+        print(
+            f"{result['unprobed']} networks name no runnable architecture, so the encoder read only their weights; "
+            "it was trained with each network's probe (--probe-summary), so expect weaker predictions for them"
+        )
     report(result)
     if args.plot:
         drawn = plot_predictions(result, args.plot)

@@ -49,6 +49,10 @@ def main() -> None:
         f"{summary.records} chunk records, {summary.rejected} rejected of {summary.listed} listed "
         f"(chunk size {summary.chunk_size}, format {summary.format}); {state}: {summary.output}"
     )
+    print(
+        f"  {summary.probed} of {summary.records} networks probed (what they compute on data-free inputs); "
+        "the rest name no runnable architecture, and SNE reads only their weights"
+    )
     for reason, n in sorted(summary.rejected_reasons.items(), key=lambda kv: -kv[1]):
         print(f"  rejected {n}: {reason}")
     if args.json:

@@ -4,7 +4,9 @@ Fits gradient-boosted trees on the random task's split (the same split jobs/trai
 these feature sets: the true hyperparameters alone, STATNN's weight statistics, per-layer set
 features (baselines.layer_set_features: what an encoder that summarises each layer on its own can
 see; also fed to an MLP instead of the trees), the same with each layer's links to its neighbours
-(baselines.link_summaries: SNE's "links" summary), and STATNN + hyperparameters, an oracle no
+(baselines.link_summaries: SNE's "links" summary), the network's outputs on fixed data-free noise
+inputs (pipeline.probes: SNE's probe summary; where every checkpoint names a runnable architecture),
+alone and beside sets + links, and STATNN + hyperparameters, an oracle no
 weight-only method has (it knows the learning rate, epochs, dataset, ... exactly). Where the zoo
 records train accuracy, also train accuracy + hyperparameters: the network read as a function on
 its own training data, which shows how much of the property the weights determine at all. On a
@@ -33,6 +35,7 @@ from pipeline import storage
 from pipeline.baselines import fit_mlp, fit_trees, layer_set_features, pad_features, scores, state_features
 from pipeline.config import TASKS
 from pipeline.evaluation import save_figure
+from pipeline.probes import probe_summary
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
 from pipeline.zoo import Rejection, ZooError
@@ -114,6 +117,14 @@ def main() -> None:
         "per-layer sets": pad_features([layer_set_features(s) for s in states]),
         "per-layer sets + links": pad_features([layer_set_features(s, links=True) for s in states]),
     }
+    probes = [probe_summary(c) for c in checkpoints]
+    if all(p is not None for p in probes):
+        features["function probes (data-free)"] = np.stack(probes)
+        features["per-layer sets + links + probes"] = np.hstack(
+            [features["per-layer sets + links"], features["function probes (data-free)"]]
+        )
+    else:
+        print(f"no probe rows: {sum(p is None for p in probes)} checkpoints name no runnable architecture")
     features["statnn + hyperparameters (oracle)"] = np.hstack(
         [features["statnn"], features["hyperparameters"]]
     )

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.probes import probe_summary
 from pipeline.zoo.checkpoint import LAYER_KINDS, WEIGHT_NDIM, Checkpoint, Layer
 
-SCHEMA_VERSION = 1
+# 2: the probe column (pipeline.probes).
+SCHEMA_VERSION = 2
 
 # Property columns every record carries (None where the checkpoint lacks the property).
 PROPERTY_COLUMNS = (
@@ -53,6 +55,9 @@ CHUNK_RECORD_SCHEMA = pa.schema(
         pa.field("bias_mask", pa.list_(pa.list_(pa.bool_()))),
         *[pa.field(name, pa.float64()) for name in PROPERTY_COLUMNS],
         pa.field("hyperparameters", pa.string()),
+        # What the network computes on fixed data-free probes (pipeline.probes); null when the checkpoint
+        # names no runnable architecture.
+        pa.field("probe", pa.list_(pa.float32())),
     ],
     metadata={"chunk_record_schema_version": str(SCHEMA_VERSION)},
 )
@@ -79,8 +84,11 @@ def pad_chunk(values: np.ndarray, chunk_size: int, elem_size: int) -> tuple[np.n
     return padded, mask
 
 
-def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int) -> dict[str, Any]:
+def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True) -> dict[str, Any]:
     """One chunk record (a dict of Arrow-friendly values matching CHUNK_RECORD_SCHEMA) for a checkpoint.
+
+    ``probe`` runs the network on pipeline.probes' inputs when its architecture is known; False leaves the
+    column null (a caller that already holds the probe of a function-equivalent network copies it).
 
     Raises ValueError for a chunk size below 1, an unknown layer kind, a wrong weight rank, an empty
     weight or a bias that does not match the layer's output units.
@@ -140,6 +148,8 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int) -> dict[str, Any]:
         value = checkpoint.properties.get(name)
         record[name] = None if value is None else float(value)
     record["hyperparameters"] = json.dumps(checkpoint.hyperparameters, sort_keys=True)
+    vector = probe_summary(checkpoint) if probe else None
+    record["probe"] = None if vector is None else vector.tolist()
     return record
 
 

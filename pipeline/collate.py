@@ -15,6 +15,7 @@ import torch
 
 from pipeline.baselines import STATS_PER_TENSOR, layer_summary, link_summaries, tensor_statistics
 from pipeline.chunking import SCHEMA_VERSION
+from pipeline.probes import PROBE_FEATURES
 from pipeline.zoo.checkpoint import LAYER_KINDS
 
 NORMALIZATIONS = ("fan_in", "none")
@@ -51,7 +52,9 @@ def collate_chunk_records(
     layer_element_size, layer_checkpoint and float layer_fan_in, two summaries of each layer's normalised
     weights and bias: layer_statistics (Lt, 14) float (STATNN's per-tensor statistics) and layer_summary
     (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
-    and bias, and the layer's sizes), with ``links`` layer_links (Lt, LINK_SUMMARY) float
+    and bias, and the layer's sizes), probe (B, PROBE_FEATURES) float (pipeline.probes: what each network
+    computes on data-free probes; zeros where a record has none) and probe_present (B,) float (1 where it
+    has one), with ``links`` layer_links (Lt, LINK_SUMMARY) float
     (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
     and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float
     (omitted when property_name is None), and the lists ids, families, datasets.
@@ -119,6 +122,19 @@ def collate_chunk_records(
         packed[start : start + w.shape[0], :, : w.shape[2]] = w
         start += w.shape[0]
 
+    probes = np.zeros((len(records), PROBE_FEATURES), dtype=np.float32)
+    present = np.zeros(len(records), dtype=np.float32)
+    for b, record in enumerate(records):
+        vector = record.get("probe")
+        if vector is None:
+            continue
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (PROBE_FEATURES,):
+            raise ValueError(
+                f"checkpoint {str(record['id'])!r}: probe of shape {vector.shape}, expected ({PROBE_FEATURES},)"
+            )
+        probes[b], present[b] = vector, 1.0
+
     out: dict[str, Any] = {
         "weight_chunks": torch.from_numpy(packed),
         "weight_mask": torch.from_numpy(np.concatenate(weight_masks)),
@@ -133,6 +149,8 @@ def collate_chunk_records(
         "layer_checkpoint": torch.tensor(owners, dtype=torch.long),
         "layer_statistics": torch.from_numpy(np.stack(statistics).astype(np.float32)),
         "layer_summary": torch.from_numpy(np.stack(summaries).astype(np.float32)),
+        "probe": torch.from_numpy(probes),
+        "probe_present": torch.from_numpy(present),
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],

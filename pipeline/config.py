@@ -63,6 +63,7 @@ class TrainConfig:
     # "statnn" (STATNN's 7 numbers per tensor); "links" beat "sets" on small (two seeds), cross-architecture
     # and inr (README)
     layer_summary: str = "links"
+    probe_summary: bool = True  # what each network computes on data-free probes (see EncoderConfig)
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1
@@ -148,6 +149,7 @@ FIELD_HELP = {
     "embedding_norm": "batch-standardise the network embedding before the head",
     "layer_statistics": "add a summary of each layer to its vector (off: the paper's SNE)",
     "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
+    "probe_summary": "add what each network computes on fixed data-free noise inputs to its embedding (off: weights only)",
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",

@@ -48,6 +48,7 @@ class PrepareSummary:
     seconds: float = 0.0
     reused: bool = False
     rejected_reasons: dict[str, int] = field(default_factory=dict)
+    probed: int = 0  # records with a probe vector (pipeline.probes): their architecture is runnable
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,6 +201,7 @@ def prepare_chunk_records(
         fingerprint=listing.fingerprint,
         seconds=round(time.time() - started, 2),
         rejected_reasons=reasons,
+        probed=count_probed(out),
     )
     if summary.records + summary.rejected != summary.listed:
         raise RuntimeError(
@@ -208,6 +210,12 @@ def prepare_chunk_records(
         )
     storage.write_bytes_atomic(storage.join(out, COMPLETE_MARKER), json.dumps(summary.to_dict()).encode())
     return summary
+
+
+def count_probed(records_uri: str) -> int:
+    """Records whose probe column is set."""
+    probe = read_record_index(records_uri, ("probe",)).column("probe")
+    return len(probe) - probe.null_count
 
 
 def load_chunk_dataset(records_uri: str, columns: list[str] | None = None):

@@ -140,7 +140,8 @@ def run_training(
         epoch=config.zoo_epoch,
     )
     log(
-        f"chunk records: {prepared.records} ({prepared.rejected} rejected) at {prepared.output}"
+        f"chunk records: {prepared.records} ({prepared.rejected} rejected; {prepared.probed} with a probe"
+        f" of what the network computes) at {prepared.output}"
         + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
     )
     index = read_record_index(prepared.output, ("id", "family", "dataset", config.property))
@@ -175,6 +176,7 @@ def run_training(
         **to_dict(config),
         "run_name": run_name,
         "chunk_records": prepared.output,
+        "n_probed": prepared.probed,
         **{f"n_{k}": v for k, v in counts.items()},
     }
     tags = {

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY
 from pipeline.collate import LAYER_STATISTICS
+from pipeline.probes import PROBE_FEATURES
 
 OUTPUTS = ("linear", "sigmoid")
 # EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
@@ -60,6 +61,12 @@ class EncoderConfig:
     # invariance acts on the chunk path alone.
     layer_statistics: bool = True
     layer_summary: str = "links"
+    # Add an MLP of the network's probe vector (pipeline.probes: what it computes on fixed data-free noise
+    # inputs) to the network embedding. Our addition, not the paper's: the function fixes most of what SNE
+    # predicts, and reading it off weight statistics takes more training networks than a zoo has (README).
+    # Networks without a probe (no runnable architecture) add nothing; a function-preserving permutation
+    # keeps the probe, so logit invariance still acts on the weight path.
+    probe_summary: bool = True
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
@@ -410,6 +417,12 @@ class SNE(nn.Module):
             else None
         )
         self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        # Built last, so the other parts start from the same draws with and without it.
+        self.probe = (
+            nn.Sequential(nn.Linear(PROBE_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+            if cfg.probe_summary
+            else None
+        )
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings z (B, D) of the checkpoints in a packed batch."""
@@ -473,7 +486,16 @@ class SNE(nn.Module):
         dense = dense.index_put((owner, slot), layers)
         dense_mask = torch.zeros(dense.shape[:2], dtype=torch.bool, device=owner.device)
         dense_mask = dense_mask.index_put((owner, slot), layer_valid)
-        return self.network_pma(self.network_sab(dense, dense_mask), dense_mask)
+        z = self.network_pma(self.network_sab(dense, dense_mask), dense_mask)
+        if self.probe is not None:
+            if "probe" not in batch:
+                raise KeyError(
+                    "this encoder reads each network's probe, but the batch has none (collate adds it)"
+                )
+            # asinh keeps the shares and ratios near their values and tames a diverged network's log-spread.
+            probe = torch.asinh(batch["probe"].to(z.dtype))
+            z = z + batch["probe_present"].to(z.dtype)[:, None] * self.probe(probe)
+        return z
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Predicted property (B,) for a packed batch."""

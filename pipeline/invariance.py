@@ -47,7 +47,10 @@ def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str
     """A chunk record of the same checkpoint (same id, properties) with its hidden units randomly permuted."""
     checkpoint = checkpoint_from_record(record)
     checkpoint.layers = random_hidden_permutation(checkpoint.layers, rng)
-    return chunk_checkpoint(checkpoint, int(record["chunk_size"]))
+    # The permutation preserves the function, so the probe of the original holds for the copy.
+    permuted = chunk_checkpoint(checkpoint, int(record["chunk_size"]), probe=False)
+    permuted["probe"] = record.get("probe")
+    return permuted
 
 
 def logit_invariance_loss(pred: torch.Tensor, pred_permuted: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,13 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
         state, meta = load_encoder_files(encoder)
         meta["training_ids"] = load_training_ids(encoder)
     # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
-    # those exported before the "sets" summary used STATNN's.
-    older = {"embedding_norm": False, "layer_statistics": False, "layer_summary": "statnn"}
+    # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes.
+    older = {
+        "embedding_norm": False,
+        "layer_statistics": False,
+        "layer_summary": "statnn",
+        "probe_summary": False,
+    }
     sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}, output="linear"))
     sne.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     sne.eval()
@@ -80,7 +85,7 @@ def predict_zoo(
     """Predictions for every checkpoint of a zoo, and their scores where true values are known.
 
     Returns {"rows": [{id, family, dataset, prediction, true, used_in_training}], "metrics",
-    "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo"}. ``used_in_training``
+    "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo", "unprobed"}. ``used_in_training``
     is "train" or "val" for a checkpoint the encoder was fitted or selected on, "" otherwise. Scores on
     those would flatter the encoder, so "metrics" and "per_subset" (overall, per dataset, per family)
     cover only the others; "metrics_all" covers every checkpoint with a true value. An export made
@@ -95,12 +100,13 @@ def predict_zoo(
     prop, seen = meta["property"], meta["training_ids"] or {}
     links = sne.cfg.layer_statistics and sne.cfg.layer_summary == "links"
     listing = open_zoo(zoo_uri, format)
-    rows, rejected = [], []
+    rows, rejected, unprobed = [], [], 0
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
     ) as bar:
         for records in _batches(listing, meta["chunk_size"], batch_size, rejected):
             batch = collate_chunk_records(records, None, meta["normalize"], links=links)
+            unprobed += int((batch["probe_present"] == 0).sum())
             raw = sne(batch)
             pred = (
                 torch.sigmoid(raw)
@@ -132,6 +138,8 @@ def predict_zoo(
         "property": prop,
         "training_ids_known": meta["training_ids"] is not None,
         "same_zoo": listing.fingerprint == meta.get("zoo_fingerprint"),
+        # Networks the encoder had to read without a probe (no runnable architecture), when it reads probes.
+        "unprobed": unprobed if sne.cfg.probe_summary else 0,
     }
 
 

@@ -51,6 +51,7 @@ def encoder_config(config: TrainConfig) -> EncoderConfig:
         embedding_norm=config.embedding_norm,
         layer_statistics=config.layer_statistics,
         layer_summary=config.layer_summary,
+        probe_summary=config.probe_summary,
         output="linear",
     )
 

@@ -38,6 +38,8 @@ def test_prepare_streams_s3_zoo_to_s3_chunk_records(ray_instance, s3_bucket, s3_
             np.testing.assert_array_equal(state[name], arr)
     batch = collate_chunk_records(load_chunk_dataset(summary.output).take_batch(5, batch_format="numpy"))
     assert batch["target"].shape == (5,) and batch["weight_chunks"].shape[1] == 4
+    # These checkpoints name no architecture: no probes, counted as such, read as absent.
+    assert summary.probed == 0 and not batch["probe_present"].any()
 
 
 def test_rerun_reuses_the_cache_and_a_new_chunk_size_does_not(ray_instance, s3_bucket, s3_zoo):

@@ -53,6 +53,8 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
     run = client.get_run(final["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["chunk_size"] == "16" and run.data.params["task"] == "random"
+    # make_zoo records each network's architecture, so SNE reads every one's probe as well.
+    assert run.data.params["probe_summary"] == "True" and run.data.params["n_probed"] == "48"
     assert run.data.tags["zoo_fingerprint"] and run.data.tags["chunk_size"] == "16"
     assert [m.step for m in client.get_metric_history(final["run_id"], "val_kendall_tau")] == [0, 1, 2]
     assert run.data.metrics["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
@@ -114,6 +116,7 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
     result = predict_zoo(final["run_id"], f"{tiny_zoo}/zoo", tracking_uri=final["tracking_uri"])
     rows = result["rows"]
     assert len(rows) == 48 and {r["family"] for r in rows} == {"mlp", "cnn", "cnn-s", "smallcnn"}
+    assert result["unprobed"] == 0  # predict probes each network as prepare did
     assert all(np.isfinite(r["prediction"]) for r in rows)
     # The families it trained on are marked and left out of the scores: what remains is the run's test split,
     # predicted as the run predicted it.

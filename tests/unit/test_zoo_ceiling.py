@@ -10,6 +10,14 @@ import numpy as np
 from pipeline.splits import assign_splits
 from pipeline.zoo import Checkpoint, Layer, native
 
+ARCHITECTURE = json.dumps(
+    {
+        "family": "mlp",
+        "input_shape": [4],
+        "ops": [{"op": "linear", "in": 4, "out": 8}, {"op": "relu"}, {"op": "linear", "in": 8, "out": 3}],
+    }
+)
+
 
 def _zoo(path: Path, n: int = 200) -> list[Checkpoint]:
     """MLPs whose test accuracy follows their weights' scale: a property the weights carry."""
@@ -17,15 +25,15 @@ def _zoo(path: Path, n: int = 200) -> list[Checkpoint]:
     checkpoints = []
     for i in range(n):
         scale = rng.uniform(0.2, 2.0)
+        # Runnable (the architecture is recorded), so the job can probe what each network computes.
         layers = [
-            Layer(
-                f"l{j}", "linear", (scale * rng.normal(size=s)).astype(np.float32), np.zeros(s[0], np.float32)
-            )
-            for j, s in enumerate([(8, 4), (3, 8)])
+            Layer(name, "linear", (scale * rng.normal(size=s)).astype(np.float32), np.zeros(s[0], np.float32))
+            for name, s in (("classifier.0", (8, 4)), ("classifier.2", (3, 8)))
         ]
         accuracy = float(np.clip(scale / 2 + rng.normal(scale=0.02), 0, 1))
         properties = {"test_accuracy": accuracy, "train_accuracy": min(1.0, accuracy + 0.05)}
-        checkpoints.append(Checkpoint(f"c{i:03d}", "mlp", "digits", layers, properties, {"seed": i}))
+        hyper = {"seed": i, "architecture": ARCHITECTURE}
+        checkpoints.append(Checkpoint(f"c{i:03d}", "mlp", "digits", layers, properties, hyper))
     native.write_zoo(str(path), checkpoints)
     return checkpoints
 
@@ -42,6 +50,9 @@ def test_ceiling_job_scores_feature_sets_and_scores_its_learning_curve_on_the_fi
     # The weights' scale sets the property, so the weight statistics rank the test half well.
     assert figures["scores"]["statnn"]["kendall_tau"] > 0.6
     assert figures["scores"]["per-layer sets"]["kendall_tau"] > 0.6
+    # So does what the networks compute on the data-free probes (their outputs grow with the scale).
+    assert figures["scores"]["function probes (data-free)"]["kendall_tau"] > 0.6
+    assert "per-layer sets + links + probes" in figures["scores"]
     # The curve is scored on the test set of `train.py --test-fraction 0.2`, and fits on the rest.
     fifth = assign_splits([c.id for c in checkpoints], ["mlp"] * 200, ["digits"] * 200, test_fraction=0.2)
     held = sum(1 for s in fifth.values() if s == "test")
