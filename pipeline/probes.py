@@ -101,7 +101,8 @@ def _set_features(module, x, noise) -> np.ndarray:
 
 
 def probe_summary(checkpoint) -> np.ndarray | None:
-    """(PROBE_FEATURES,) float32 for a checkpoint with a runnable architecture, else None.
+    """(PROBE_FEATURES,) float32 for a checkpoint with a runnable architecture, else None (also when the
+    named architecture does not fit the checkpoint's layers).
 
     Non-finite values (a diverged network) become 0 and log-spreads are clipped to ±50, so one broken
     network cannot poison a batch.
@@ -113,11 +114,16 @@ def probe_summary(checkpoint) -> np.ndarray | None:
 
     from pipeline import families
 
-    module = families.build_module(arch)
-    families.load_checkpoint_into(module, checkpoint)
-    module.eval()
-    inputs, noise = probe_inputs(tuple(int(d) for d in arch["input_shape"]))
-    with torch.no_grad():
-        parts = [_set_features(module, inputs[name], noise) for name in PROBE_SETS]
+    try:
+        module = families.build_module(arch)
+        families.load_checkpoint_into(module, checkpoint)
+        module.eval()
+        inputs, noise = probe_inputs(tuple(int(d) for d in arch["input_shape"]))
+        with torch.no_grad():
+            parts = [_set_features(module, inputs[name], noise) for name in PROBE_SETS]
+    except (ValueError, RuntimeError, KeyError, TypeError):
+        # An architecture its weights do not fit (or one this code cannot build) is not runnable: the
+        # network keeps its weights and goes unprobed, which prepare's probe count shows.
+        return None
     vector = np.nan_to_num(np.concatenate(parts), nan=0.0, posinf=50.0, neginf=-50.0)
     return np.clip(vector, -50.0, 50.0).astype(np.float32)

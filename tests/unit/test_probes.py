@@ -89,6 +89,9 @@ def test_records_carry_the_probe_or_null_and_collate_marks_which():
         {"test_accuracy": 0.3},
     )
     probed = _network("mlp", "digits", seed=6)
+    # An architecture its layers do not fit is not runnable either.
+    misnamed = dataclasses.replace(bare, hyperparameters=dict(probed.hyperparameters))
+    assert probe_summary(misnamed) is None
     records = [chunk_checkpoint(bare, 4), chunk_checkpoint(probed, 4)]
     assert records[0]["probe"] is None and len(records[1]["probe"]) == PROBE_FEATURES
     # Both kinds survive Parquet's schema, and a permuted copy keeps the original's probe.
