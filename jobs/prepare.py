@@ -49,9 +49,14 @@ def main() -> None:
         f"{summary.records} chunk records, {summary.rejected} rejected of {summary.listed} listed "
         f"(chunk size {summary.chunk_size}, format {summary.format}); {state}: {summary.output}"
     )
+    unprobed = summary.records - summary.probed
     print(
-        f"  {summary.probed} of {summary.records} networks probed (what they compute on data-free inputs); "
-        "the rest name no runnable architecture, and SNE reads only their weights"
+        f"  {summary.probed} of {summary.records} networks probed (what they compute on data-free inputs)"
+        + (
+            f"; {unprobed} name no runnable architecture, and SNE reads only their weights"
+            if unprobed
+            else ""
+        )
     )
     for reason, n in sorted(summary.rejected_reasons.items(), key=lambda kv: -kv[1]):
         print(f"  rejected {n}: {reason}")
