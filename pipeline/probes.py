@@ -54,7 +54,8 @@ def runnable_architecture(hyperparameters: dict[str, Any]) -> dict[str, Any] | N
 
 @functools.lru_cache(maxsize=16)
 def probe_inputs(input_shape: tuple[int, ...]):
-    """{set name: (PROBES_PER_SET, *input_shape) float32 tensor}, fixed by _PROBE_SEED and the shape."""
+    """({set name: (PROBES_PER_SET, *input_shape) float32 tensor}, the perturbation noise of the same shape),
+    fixed by _PROBE_SEED and the shape."""
     import torch
     import torch.nn.functional as F
 
@@ -79,18 +80,16 @@ def _set_features(module, x, noise) -> np.ndarray:
     out = np.zeros(PER_SET, dtype=np.float32)
     f = module(x).reshape(len(x), -1).double()
     spread = float((f - f.mean(0)).norm(dim=1).mean()) + 1e-12
-    moved = []
     for i, scale in enumerate(_SCALES):
-        g = module(x + scale * noise).reshape(len(x), -1).double()
-        out[i] = float((g - f).norm(dim=1).mean()) / spread
-        moved.append(g)
+        moved = module(x + scale * noise).reshape(len(x), -1).double()  # the last, 10%, is kept below
+        out[i] = float((moved - f).norm(dim=1).mean()) / spread
     k = len(_SCALES)
     out[k] = np.log(spread)
     classes = f.shape[1]
     if classes >= 2:
         p = torch.softmax(f, dim=1)
         top = p.argmax(dim=1)
-        out[k + 1] = float((moved[-1].argmax(dim=1) == top).double().mean())
+        out[k + 1] = float((moved.argmax(dim=1) == top).double().mean())
         q = torch.tensor(_QUANTILES, dtype=torch.float64)
         entropy = -(p * p.clamp_min(1e-300).log()).sum(dim=1) / np.log(classes)
         out[k + 2 : k + 2 + len(_QUANTILES)] = torch.quantile(p.max(dim=1).values, q).numpy()

@@ -228,3 +228,16 @@ def run_then_kill(ray, fn, args: tuple, ready, what: str, timeout: float = 400.0
     # Like a crashed job's, the killed driver's actors end with it; wait until their CPUs are free
     # so that the resumed run does not queue behind them (removing them if Ray has not).
     release_leftovers(ray)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, restored afterwards. Tiny tensors: thread hand-offs cost more
+    than the maths, badly so on a busy 2-core machine. Opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

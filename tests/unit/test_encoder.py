@@ -10,14 +10,7 @@ from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: extra intra-op threads only spin, and stall badly on a loaded 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = EncoderConfig(hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64)

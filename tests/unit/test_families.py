@@ -12,14 +12,7 @@ import torch
 from pipeline import families
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, validate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread hand-offs cost more than the maths, badly so on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(architecture: dict, seed: int = 0) -> tuple[torch.nn.Module, Checkpoint]:

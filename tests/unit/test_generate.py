@@ -29,13 +29,7 @@ GOOD = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread hand-offs cost more than the maths, badly so on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spec(family: str, dataset: str, seed: int = 1, snapshots: bool = False, **hyper) -> dict:

@@ -13,13 +13,7 @@ from pipeline.invariance import permute_record, random_hidden_permutation
 from pipeline.probes import PROBE_FEATURES, probe_summary
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _network(family: str, dataset: str, seed: int = 0, scheme: str = "default") -> Checkpoint:
