@@ -5,11 +5,12 @@ split of prepared chunk records (the split jobs/train.py uses), and every --eval
 its MSE and Kendall tau on those networks and on the first --n-val validation networks. Then fits
 an MLP (256-256) and gradient-boosted trees on the per-layer summaries of the same networks alone
 (the links summary SNE reads: each layer's sets and links, layers side by side, and each network's
-probe vector where the records carry one and --no-probe-summary is not given). An SNE far behind
+probe vector where the records carry one and --no-probe-summary is not given; not the peer agreement
+jobs/train.py adds). An SNE far behind
 the MLP on its training networks underfits; the validation columns say whether that costs it
 anything, or whether the chunk encoder reads no more than the summaries already hold.
 
-    python jobs/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v2 --property frequency
+    python jobs/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v3 --property frequency
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def main() -> None:
         invariance_weight=args.invariance_weight,
         layer_statistics=not args.no_layer_statistics,
         probe_summary=not args.no_probe_summary,
+        peer_agreement=False,  # no training driver here to fit the peer consensus: the probe alone
         epochs=args.epochs,
         seed=args.seed,
     ).validate()

@@ -54,6 +54,12 @@ def main() -> None:
             f"{result['unprobed']} networks name no runnable architecture, so the encoder read only their weights; "
             "it was trained with each network's probe (--probe-summary), so expect weaker predictions for them"
         )
+    if result["without_peers"]:
+        print(
+            f"{result['without_peers']} networks have no peer agreement (a dataset none of the encoder's training "
+            "networks had, or no class probabilities); it was trained with peer agreement (--peer-agreement), "
+            "so expect their predicted level to be off even where their ranking holds"
+        )
     report(result)
     if args.plot:
         drawn = plot_predictions(result, args.plot)

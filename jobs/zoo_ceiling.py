@@ -6,7 +6,9 @@ features (baselines.layer_set_features: what an encoder that summarises each lay
 see; also fed to an MLP instead of the trees), the same with each layer's links to its neighbours
 (baselines.link_summaries: SNE's "links" summary), the network's outputs on fixed data-free noise
 inputs (pipeline.probes: SNE's probe summary; where every checkpoint names a runnable architecture),
-alone and beside sets + links, and STATNN + hyperparameters, an oracle no
+alone and beside sets + links, the probes with each classifier's agreement on them with the fitted
+networks of its dataset (pipeline.probes.PeerConsensus), and
+STATNN + hyperparameters, an oracle no
 weight-only method has (it knows the learning rate, epochs, dataset, ... exactly). Where the zoo
 records train accuracy, also train accuracy + hyperparameters: the network read as a function on
 its own training data, which shows how much of the property the weights determine at all. On a
@@ -35,13 +37,14 @@ from pipeline import storage
 from pipeline.baselines import fit_mlp, fit_trees, layer_set_features, pad_features, scores, state_features
 from pipeline.config import TASKS
 from pipeline.evaluation import save_figure
-from pipeline.probes import probe_summary
+from pipeline.probes import PEER_FEATURES, PeerConsensus, run_probes
 from pipeline.runtime import fail
 from pipeline.splits import assign_splits
 from pipeline.zoo import Rejection, ZooError
 from pipeline.zoo.listing import read_zoo
 
 LEARNING_CURVE_TEST_FRACTION = 0.2
+PEER_ROW = "probes + peer agreement"
 SINE_PROPERTIES = {"frequency": 0, "amplitude": 1}  # position in generate.fitted_sine's (b, a)
 
 
@@ -117,12 +120,10 @@ def main() -> None:
         "per-layer sets": pad_features([layer_set_features(s) for s in states]),
         "per-layer sets + links": pad_features([layer_set_features(s, links=True) for s in states]),
     }
-    probes = [probe_summary(c) for c in checkpoints]
-    if all(p is not None for p in probes):
-        features["function probes (data-free)"] = np.stack(probes)
-        features["per-layer sets + links + probes"] = np.hstack(
-            [features["per-layer sets + links"], features["function probes (data-free)"]]
-        )
+    runs = [run_probes(c) for c in checkpoints]
+    if all(r is not None for r in runs):
+        probes = features["function probes (data-free)"] = np.stack([r[0] for r in runs])
+        features["per-layer sets + links + probes"] = np.hstack([features["per-layer sets + links"], probes])
     else:
         print(f"no probe rows: {sum(p is None for p in probes)} checkpoints name no runnable architecture")
     features["statnn + hyperparameters (oracle)"] = np.hstack(
@@ -167,6 +168,32 @@ def main() -> None:
         "scores": {},
     }
     fitted = np.concatenate([where["train"], where["val"]])
+    if "function probes (data-free)" in features:
+        # Each classifier's agreement on the probes with the fitted networks of its dataset (SNE's peer
+        # summary): the trees' reference is what they fit on, as SNE's is its training networks.
+        consensus = PeerConsensus.fit(
+            [checkpoints[i].id for i in fitted],
+            [checkpoints[i].dataset for i in fitted],
+            [runs[i][1] for i in fitted],
+        )
+        agreement = [
+            consensus.features(c.id, c.dataset, r[1]) for c, r in zip(checkpoints, runs, strict=True)
+        ]
+        if any(a is not None for a in agreement):
+            nan = np.full(PEER_FEATURES, np.nan)
+            row = np.hstack(
+                [
+                    features["function probes (data-free)"],
+                    np.stack([nan if a is None else a for a in agreement]),
+                ]
+            )
+            names = list(features)  # beside the other probe rows, before the oracles
+            at = names.index("per-layer sets + links + probes") + 1
+            features = {
+                **{k: features[k] for k in names[:at]},
+                PEER_ROW: row,
+                **{k: features[k] for k in names[at:]},
+            }
     print(
         f"{args.zoo}: {len(checkpoints)} networks; {args.task} task, fit on {len(fitted)}, test on "
         f"{len(where['test'])} (variance of {args.property} there: {figures['test_variance']:.4g})"
@@ -198,7 +225,8 @@ def main() -> None:
     figures["learning_curve_test_networks"] = len(held)
     print(f"learning curve (on {len(held)} held-out networks: the test set of --test-fraction 0.2):")
     for n in (len(pool) // 4, len(pool) // 2, len(pool)):
-        row = {name: fit_trees(x, y, pool[:n], held) for name, x in features.items()}
+        # The peer row's reference was fitted on the split above, which overlaps the held-out fifth.
+        row = {name: fit_trees(x, y, pool[:n], held) for name, x in features.items() if name != PEER_ROW}
         figures["learning_curve"][n] = row
         print(f"  {n:5d} train: " + ", ".join(f"{k} {_line(v)}" for k, v in row.items()))
     _write(figures, args.json, args.plot)

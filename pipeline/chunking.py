@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.probes import probe_summary
+from pipeline.probes import run_probes
 from pipeline.zoo.checkpoint import LAYER_KINDS, WEIGHT_NDIM, Checkpoint, Layer
 
-# 2: the probe column (pipeline.probes).
-SCHEMA_VERSION = 2
+# 2: the probe column (pipeline.probes). 3: the probe_probabilities column.
+SCHEMA_VERSION = 3
 
 # Property columns every record carries (None where the checkpoint lacks the property).
 PROPERTY_COLUMNS = (
@@ -58,6 +58,10 @@ CHUNK_RECORD_SCHEMA = pa.schema(
         # What the network computes on fixed data-free probes (pipeline.probes); null when the checkpoint
         # names no runnable architecture.
         pa.field("probe", pa.list_(pa.float32())),
+        # A classifier's softmax on those probes, flattened (probes x classes, half precision: 10 KB for
+        # 512 probes and 10 classes), for its agreement with the training networks of its dataset
+        # (pipeline.probes.PeerConsensus); null without a probe or for a single output.
+        pa.field("probe_probabilities", pa.list_(pa.float16())),
     ],
     metadata={"chunk_record_schema_version": str(SCHEMA_VERSION)},
 )
@@ -88,7 +92,7 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True
     """One chunk record (a dict of Arrow-friendly values matching CHUNK_RECORD_SCHEMA) for a checkpoint.
 
     ``probe`` runs the network on pipeline.probes' inputs when its architecture is known; False leaves the
-    column null (a caller that already holds the probe of a function-equivalent network copies it).
+    probe columns null (a caller that already holds the probe of a function-equivalent network copies it).
 
     Raises ValueError for a chunk size below 1, an unknown layer kind, a wrong weight rank, an empty
     weight or a bias that does not match the layer's output units.
@@ -148,8 +152,12 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True
         value = checkpoint.properties.get(name)
         record[name] = None if value is None else float(value)
     record["hyperparameters"] = json.dumps(checkpoint.hyperparameters, sort_keys=True)
-    vector = probe_summary(checkpoint) if probe else None
-    record["probe"] = None if vector is None else vector.tolist()
+    run = run_probes(checkpoint) if probe else None
+    record["probe"] = None if run is None else run[0].tolist()
+    probabilities = None if run is None else run[1]
+    record["probe_probabilities"] = (
+        None if probabilities is None else probabilities.reshape(-1).astype(np.float16)
+    )
     return record
 
 

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.baselines import STATS_PER_TENSOR, layer_summary, link_summaries, tensor_statistics
 from pipeline.chunking import SCHEMA_VERSION
-from pipeline.probes import PROBE_FEATURES
+from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 from pipeline.zoo.checkpoint import LAYER_KINDS
 
 NORMALIZATIONS = ("fan_in", "none")
@@ -39,6 +39,26 @@ def _target(record: Mapping[str, Any], property_name: str) -> float:
     return float(value)
 
 
+def _side_vectors(
+    records: Sequence[Mapping[str, Any]], key: str, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, width) float32 of each record's optional fixed-width vector ``key`` (zeros where it is null or
+    missing) and (B,) float32 with 1 where it is present."""
+    vectors = np.zeros((len(records), width), dtype=np.float32)
+    present = np.zeros(len(records), dtype=np.float32)
+    for b, record in enumerate(records):
+        vector = record.get(key)
+        if vector is None:
+            continue
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (width,):
+            raise ValueError(
+                f"checkpoint {str(record['id'])!r}: {key} of shape {vector.shape}, expected ({width},)"
+            )
+        vectors[b], present[b] = vector, 1.0
+    return vectors, present
+
+
 def collate_chunk_records(
     batch: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     property_name: str | None = "test_accuracy",
@@ -54,7 +74,9 @@ def collate_chunk_records(
     (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
     and bias, and the layer's sizes), probe (B, PROBE_FEATURES) float (pipeline.probes: what each network
     computes on data-free probes; zeros where a record has none) and probe_present (B,) float (1 where it
-    has one), with ``links`` layer_links (Lt, LINK_SUMMARY) float
+    has one), likewise peer (B, PEER_FEATURES) and peer_present (B,) (pipeline.probes.PeerConsensus: each
+    classifier's agreement with the training networks of its dataset, a "peer" column the training
+    driver or predict adds to the records), with ``links`` layer_links (Lt, LINK_SUMMARY) float
     (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
     and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float
     (omitted when property_name is None), and the lists ids, families, datasets.
@@ -122,18 +144,8 @@ def collate_chunk_records(
         packed[start : start + w.shape[0], :, : w.shape[2]] = w
         start += w.shape[0]
 
-    probes = np.zeros((len(records), PROBE_FEATURES), dtype=np.float32)
-    present = np.zeros(len(records), dtype=np.float32)
-    for b, record in enumerate(records):
-        vector = record.get("probe")
-        if vector is None:
-            continue
-        vector = np.asarray(vector, dtype=np.float32)
-        if vector.shape != (PROBE_FEATURES,):
-            raise ValueError(
-                f"checkpoint {str(record['id'])!r}: probe of shape {vector.shape}, expected ({PROBE_FEATURES},)"
-            )
-        probes[b], present[b] = vector, 1.0
+    probes, probe_present = _side_vectors(records, "probe", PROBE_FEATURES)
+    peers, peer_present = _side_vectors(records, "peer", PEER_FEATURES)
 
     out: dict[str, Any] = {
         "weight_chunks": torch.from_numpy(packed),
@@ -150,7 +162,9 @@ def collate_chunk_records(
         "layer_statistics": torch.from_numpy(np.stack(statistics).astype(np.float32)),
         "layer_summary": torch.from_numpy(np.stack(summaries).astype(np.float32)),
         "probe": torch.from_numpy(probes),
-        "probe_present": torch.from_numpy(present),
+        "probe_present": torch.from_numpy(probe_present),
+        "peer": torch.from_numpy(peers),
+        "peer_present": torch.from_numpy(peer_present),
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],

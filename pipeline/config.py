@@ -64,6 +64,9 @@ class TrainConfig:
     # and inr (README)
     layer_summary: str = "links"
     probe_summary: bool = True  # what each network computes on data-free probes (see EncoderConfig)
+    # each classifier's agreement on the probes with the training networks; off by default: where the test
+    # networks have no consensus (an unseen dataset) it costs R² (README)
+    peer_agreement: bool = False
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1
@@ -150,6 +153,7 @@ FIELD_HELP = {
     "layer_statistics": "add a summary of each layer to its vector (off: the paper's SNE)",
     "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
     "probe_summary": "add what each network computes on fixed data-free noise inputs to its embedding (off: weights only)",
+    "peer_agreement": "add how far each classifier agrees on those inputs with the training networks of its dataset",
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",

@@ -1,6 +1,7 @@
 """The driver function shared by ``jobs/train.py`` and every Ray Tune trial.
 
-prepare (cached chunk records) → split → Ray Train fit (resumable by run name) → test metrics (and the
+prepare (cached chunk records) → split → the training networks' consensus on the probes (peer
+agreement) → Ray Train fit (resumable by run name) → test metrics (and the
 same scores on the training networks), STATNN baseline, MLflow artifacts. Returns a plain dict of final
 metrics and URIs.
 """
@@ -28,6 +29,7 @@ from pipeline.data import (
     read_record_index,
 )
 from pipeline.evaluation import format_table, regression_metrics, scatter_plot, subset_metrics
+from pipeline.probes import PeerConsensus, probabilities_of
 from pipeline.splits import assign_splits, split_fingerprint
 
 
@@ -35,13 +37,66 @@ def _select_ids(table: pa.Table, ids: pa.Array) -> pa.Table:
     return table.filter(pc.is_in(table["id"], value_set=ids))
 
 
-def split_datasets(records_uri: str, assignment: dict[str, str], materialize: bool) -> dict:
-    """Ray Datasets of chunk records per split (vectorised id filter; optionally held in the object store)."""
+def _probabilities(table: pa.Table) -> list[dict]:
+    """Per row {id, dataset, probe_probabilities (a flat float16 array or None)}, sliced from the Arrow
+    buffers: a Python float per probability would cost seconds per thousand networks."""
+    column = table.column("probe_probabilities").combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False)
+    offsets = column.offsets.to_numpy()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    return [
+        {
+            "id": i,
+            "dataset": d,
+            "probe_probabilities": values[offsets[k] : offsets[k + 1]] if valid[k] else None,
+        }
+        for k, (i, d) in enumerate(
+            zip(table.column("id").to_pylist(), table.column("dataset").to_pylist(), strict=True)
+        )
+    ]
+
+
+def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
+    """The consensus on the probes of the training networks (pipeline.probes.PeerConsensus)."""
+    table = _select_ids(
+        read_record_index(records_uri, ("id", "dataset", "probe_probabilities")),
+        pa.array(train_ids, pa.string()),
+    )
+    rows = _probabilities(table)
+    return PeerConsensus.fit(
+        [r["id"] for r in rows], [r["dataset"] for r in rows], [probabilities_of(r) for r in rows]
+    )
+
+
+def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensus | None) -> pa.Table:
+    """The records of ``ids``, their probe probabilities replaced by a "peer" column of their agreement
+    with ``peers`` (null without one): training reads the 6 numbers, not the 5,120."""
+    table = _select_ids(table, ids)
+    features = (
+        [peers.record_features(r) for r in _probabilities(table)]
+        if peers is not None
+        else [None] * len(table)
+    )
+    return table.drop_columns(["probe_probabilities"]).append_column(
+        "peer", pa.array(features, pa.list_(pa.float32()))
+    )
+
+
+def split_datasets(
+    records_uri: str, assignment: dict[str, str], materialize: bool, peers: PeerConsensus | None = None
+) -> dict:
+    """Ray Datasets of chunk records per split (vectorised id filter; optionally held in the object store),
+    each record with its peer agreement where ``peers`` is given."""
     full = load_chunk_dataset(records_uri)
     out = {}
     for split in ("train", "val", "test"):
         ids = pa.array(sorted(i for i, s in assignment.items() if s == split), pa.string())
-        ds = full.map_batches(_select_ids, batch_format="pyarrow", fn_kwargs={"ids": ids}, num_cpus=0.25)
+        ds = full.map_batches(
+            _select_and_attach_peers,
+            batch_format="pyarrow",
+            fn_kwargs={"ids": ids, "peers": peers},
+            num_cpus=0.25,
+        )
         ds.context.execution_options.preserve_order = True  # blocks in file order, not finishing order
         out[split] = ds.materialize() if materialize else ds
     return out
@@ -170,6 +225,13 @@ def run_training(
     scaler = TargetScaler(float(train_values.mean()), float(train_values.std() or 1.0))
     log(f"split ({config.task}): {counts}")
 
+    peers = None
+    if config.peer_agreement:
+        peers = fit_peer_consensus(prepared.output, [i for i, s in assignment.items() if s == "train"])
+        log(
+            f"peer consensus: {len(peers.members)} training networks with class probabilities on the probes"
+            f" ({', '.join(f'{k}: {n}' for k, n in sorted(peers.counts.items())) or 'none'})"
+        )
     run_name = config.run_name or _new_run_name(config, prepared.fingerprint)
     run_id = tracking.find_run(tracking_uri, config.experiment, run_name) if config.run_name else None
     params = {
@@ -177,6 +239,7 @@ def run_training(
         "run_name": run_name,
         "chunk_records": prepared.output,
         "n_probed": prepared.probed,
+        "n_peer_reference": len(peers.members) if peers is not None else 0,
         **{f"n_{k}": v for k, v in counts.items()},
     }
     tags = {
@@ -192,7 +255,7 @@ def run_training(
         log(f"resuming MLflow run {run_id} ({run_name})")
 
     quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
-    datasets = split_datasets(prepared.output, assignment, materialize=True)
+    datasets = split_datasets(prepared.output, assignment, materialize=True, peers=peers)
     # Reproducible runs: with the order preserved, Ray Data hands each worker its rows by a fixed rule
     # (locality hints are ignored) instead of to whichever worker asks first, so the same seed gives the
     # same batches, and the same encoder. Without it three runs of the demo, one seed, gave tau 0.33-0.44.
@@ -294,7 +357,7 @@ def run_training(
             "zoo_fingerprint": prepared.fingerprint,
         }
         training_ids = {part: [i for i, v in assignment.items() if v == part] for part in ("train", "val")}
-        save_encoder(os.path.join(d, "encoder"), returned["encoder_state"], meta, training_ids)
+        save_encoder(os.path.join(d, "encoder"), returned["encoder_state"], meta, training_ids, peers)
         tracking.log_artifact(tracking_uri, run_id, os.path.join(d, "encoder"), "encoder")
         title = f"SNE test: tau={overall['kendall_tau']:.3f} ({config.task})"
         tracking.log_artifact(

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY
 from pipeline.collate import LAYER_STATISTICS
-from pipeline.probes import PROBE_FEATURES
+from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
 OUTPUTS = ("linear", "sigmoid")
 # EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
@@ -67,6 +67,11 @@ class EncoderConfig:
     # Networks without a probe (no runnable architecture) add nothing; a function-preserving permutation
     # keeps the probe, so logit invariance still acts on the weight path.
     probe_summary: bool = True
+    # Add an MLP of each classifier's agreement on those probes with the training networks of its dataset
+    # (pipeline.probes.PeerConsensus; the records' "peer" column). Absent (no probabilities, a dataset
+    # no training network had) adds nothing. Off by default: an encoder trained with it on every training
+    # network mispredicts the level of networks without it (README: cross-dataset R² 0.61 -> 0.05).
+    peer_agreement: bool = False
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
@@ -423,6 +428,11 @@ class SNE(nn.Module):
             if cfg.probe_summary
             else None
         )
+        self.peer = (
+            nn.Sequential(nn.Linear(PEER_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+            if cfg.peer_agreement
+            else None
+        )
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings z (B, D) of the checkpoints in a packed batch."""
@@ -495,6 +505,11 @@ class SNE(nn.Module):
             # asinh keeps the shares and ratios near their values and tames a diverged network's log-spread.
             probe = torch.asinh(batch["probe"].to(z.dtype))
             z = z + batch["probe_present"].to(z.dtype)[:, None] * self.probe(probe)
+        if self.peer is not None:
+            if "peer" not in batch:
+                raise KeyError("this encoder reads each network's peer agreement, but the batch has none")
+            peer = torch.asinh(batch["peer"].to(z.dtype))  # the KL divergences run up to ~30
+            z = z + batch["peer_present"].to(z.dtype)[:, None] * self.peer(peer)
         return z
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:

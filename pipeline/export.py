@@ -4,7 +4,9 @@ and ``training_ids.json``.
 ``encoder.json`` holds what prediction needs besides the weights: the encoder sizes, chunk size,
 weight normalisation, the property, the loss and the target scaling. ``training_ids.json`` lists the
 checkpoints the encoder was fitted on ("train") and selected on ("val"), so that prediction can score
-only networks it never saw; a separate file because it grows with the zoo.
+only networks it never saw; a separate file because it grows with the zoo. An encoder that reads peer
+agreement also carries its training networks' consensus on the probes (pipeline.probes.PeerConsensus):
+``peers.safetensors`` (the summed class probabilities per dataset) and ``peers.json`` (counts, members).
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ import numpy as np
 WEIGHTS_FILE = "encoder.safetensors"
 META_FILE = "encoder.json"
 TRAINING_IDS_FILE = "training_ids.json"
+PEERS_FILE = "peers.safetensors"
+PEERS_META_FILE = "peers.json"
 
 
 def save_encoder(
-    directory: str, state: dict[str, np.ndarray], meta: dict, training_ids: dict[str, list[str]] | None = None
+    directory: str,
+    state: dict[str, np.ndarray],
+    meta: dict,
+    training_ids: dict[str, list[str]] | None = None,
+    peers=None,
 ) -> str:
     """``training_ids``: {"train": [...], "val": [...]}, the checkpoint ids used in fitting and selection
-    (training always writes them; None writes no file, as exports did before it existed)."""
+    (training always writes them; None writes no file, as exports did before it existed). ``peers``: the
+    PeerConsensus an encoder reading peer agreement was trained with."""
     from safetensors.numpy import save_file
 
     os.makedirs(directory, exist_ok=True)
@@ -33,6 +42,13 @@ def save_encoder(
     if training_ids is not None:
         with open(os.path.join(directory, TRAINING_IDS_FILE), "w") as f:
             json.dump({k: sorted(v) for k, v in training_ids.items()}, f)
+    if peers is not None:
+        arrays, peers_meta = peers.state()
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()}, os.path.join(directory, PEERS_FILE)
+        )
+        with open(os.path.join(directory, PEERS_META_FILE), "w") as f:
+            json.dump(peers_meta, f, sort_keys=True)
     return directory
 
 
@@ -60,3 +76,17 @@ def load_training_ids(uri: str) -> dict[str, str] | None:
     if not fs.exists(path):
         return None
     return {i: split for split, ids in json.loads(fs.cat_file(path)).items() for i in ids}
+
+
+def load_peers(uri: str):
+    """The PeerConsensus exported with an encoder, or None where there is none."""
+    from safetensors.numpy import load
+
+    from pipeline import storage
+    from pipeline.probes import PeerConsensus
+
+    fs, path = storage.filesystem(storage.join(uri, PEERS_META_FILE))
+    if not fs.exists(path):
+        return None
+    afs, apath = storage.filesystem(storage.join(uri, PEERS_FILE))
+    return PeerConsensus.from_state(load(afs.cat_file(apath)), json.loads(fs.cat_file(path)))

@@ -47,9 +47,11 @@ def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str
     """A chunk record of the same checkpoint (same id, properties) with its hidden units randomly permuted."""
     checkpoint = checkpoint_from_record(record)
     checkpoint.layers = random_hidden_permutation(checkpoint.layers, rng)
-    # The permutation preserves the function, so the probe of the original holds for the copy.
+    # The permutation preserves the function, so the probes of the original hold for the copy.
     permuted = chunk_checkpoint(checkpoint, int(record["chunk_size"]), probe=False)
     permuted["probe"] = record.get("probe")
+    permuted["probe_probabilities"] = record.get("probe_probabilities")
+    permuted["peer"] = record.get("peer")  # agreement with the training networks, where the driver added it
     return permuted
 
 

@@ -20,7 +20,7 @@ from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
-from pipeline.export import load_encoder_files, load_training_ids
+from pipeline.export import load_encoder_files, load_peers, load_training_ids
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
@@ -29,7 +29,8 @@ RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
 def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, dict]:
     """An encoder from an MLflow run id (or ``runs:/<id>/encoder``) or a folder URI of exported files.
 
-    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for older exports) too.
+    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for older exports) and "peers"
+    (the PeerConsensus of an encoder that reads peer agreement, else None) too.
     """
     m = RUN_ID.match(encoder)
     if m:
@@ -41,16 +42,20 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
             )
             state, meta = load_encoder_files(local)
             meta["training_ids"] = load_training_ids(local)
+            meta["peers"] = load_peers(local)
     else:
         state, meta = load_encoder_files(encoder)
         meta["training_ids"] = load_training_ids(encoder)
+        meta["peers"] = load_peers(encoder)
     # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
-    # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes.
+    # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes
+    # (nor, before the peer consensus, peer agreement).
     older = {
         "embedding_norm": False,
         "layer_statistics": False,
         "layer_summary": "statnn",
         "probe_summary": False,
+        "peer_agreement": False,
     }
     sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}, output="linear"))
     sne.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
@@ -85,7 +90,8 @@ def predict_zoo(
     """Predictions for every checkpoint of a zoo, and their scores where true values are known.
 
     Returns {"rows": [{id, family, dataset, prediction, true, used_in_training}], "metrics",
-    "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo", "unprobed"}. ``used_in_training``
+    "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo", "unprobed",
+    "without_peers"}. ``used_in_training``
     is "train" or "val" for a checkpoint the encoder was fitted or selected on, "" otherwise. Scores on
     those would flatter the encoder, so "metrics" and "per_subset" (overall, per dataset, per family)
     cover only the others; "metrics_all" covers every checkpoint with a true value. An export made
@@ -100,13 +106,20 @@ def predict_zoo(
     prop, seen = meta["property"], meta["training_ids"] or {}
     links = sne.cfg.layer_statistics and sne.cfg.layer_summary == "links"
     listing = open_zoo(zoo_uri, format)
-    rows, rejected, unprobed = [], [], 0
+    same_zoo = listing.fingerprint == meta.get("zoo_fingerprint")
+    rows, rejected, unprobed, without_peers = [], [], 0, 0
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
     ) as bar:
         for records in _batches(listing, meta["chunk_size"], batch_size, rejected):
+            if meta["peers"] is not None:
+                for r in records:
+                    # A training network is compared with the other training networks, as in training; in
+                    # another zoo an id that repeats a training network's is a different network.
+                    r["peer"] = meta["peers"].record_features(r, leave_out=same_zoo)
             batch = collate_chunk_records(records, None, meta["normalize"], links=links)
             unprobed += int((batch["probe_present"] == 0).sum())
+            without_peers += int((batch["peer_present"] == 0).sum())
             raw = sne(batch)
             pred = (
                 torch.sigmoid(raw)
@@ -137,9 +150,11 @@ def predict_zoo(
         "rejected": [{"id": r.id, "reason": r.reason} for r in rejected],
         "property": prop,
         "training_ids_known": meta["training_ids"] is not None,
-        "same_zoo": listing.fingerprint == meta.get("zoo_fingerprint"),
+        "same_zoo": same_zoo,
         # Networks the encoder had to read without a probe (no runnable architecture), when it reads probes.
         "unprobed": unprobed if sne.cfg.probe_summary else 0,
+        # Networks it read without peer agreement, when it reads it (README: their level suffers).
+        "without_peers": without_peers if sne.cfg.peer_agreement else 0,
     }
 
 

@@ -18,6 +18,9 @@ Per probe set (white, smooth), with f the network's outputs on the K probes:
 - for classifiers (two or more outputs): the share of probes whose top class survives the 10%
   perturbation; quantiles (10/50/90%) of the top softmax probability and of the entropy (over log of
   the class count); the shares of the three most predicted classes. Zero for a single output.
+
+``PeerConsensus`` reads the same runs against each other: how far a classifier agrees, on the probes,
+with the training networks of its dataset.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def probe_inputs(input_shape: tuple[int, ...]):
     return {"white": white, "smooth": smooth}, noise
 
 
-def _set_features(module, x, noise) -> np.ndarray:
+def _set_features(module, x, noise):
+    """(PER_SET,) features of one probe set, and the softmax on it ((K, classes); None for one output)."""
     import torch
 
     out = np.zeros(PER_SET, dtype=np.float32)
@@ -96,7 +100,8 @@ def _set_features(module, x, noise) -> np.ndarray:
         out[k + 2 + len(_QUANTILES) : k + 2 + 2 * len(_QUANTILES)] = torch.quantile(entropy, q).numpy()
         shares = np.sort(np.bincount(top.numpy(), minlength=classes) / len(top))[::-1][:_TOP_CLASSES]
         out[PER_SET - len(shares) :] = shares
-    return out
+        return out, p.float().numpy()
+    return out, None
 
 
 def probe_summary(checkpoint) -> np.ndarray | None:
@@ -105,6 +110,16 @@ def probe_summary(checkpoint) -> np.ndarray | None:
 
     Non-finite values (a diverged network) become 0 and log-spreads are clipped to ±50, so one broken
     network cannot poison a batch.
+    """
+    run = run_probes(checkpoint)
+    return None if run is None else run[0]
+
+
+def run_probes(checkpoint) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(probe_summary's vector, the class probabilities on the probes) or None where probe_summary is None.
+
+    The probabilities are (len(PROBE_SETS) * PROBES_PER_SET, classes) float32, the sets in PROBE_SETS'
+    order, or None for a network with a single output (not a classifier).
     """
     arch = runnable_architecture(checkpoint.hyperparameters)
     if arch is None:
@@ -124,5 +139,106 @@ def probe_summary(checkpoint) -> np.ndarray | None:
         # An architecture its weights do not fit (or one this code cannot build) is not runnable: the
         # network keeps its weights and goes unprobed, which prepare's probe count shows.
         return None
-    vector = np.nan_to_num(np.concatenate(parts), nan=0.0, posinf=50.0, neginf=-50.0)
-    return np.clip(vector, -50.0, 50.0).astype(np.float32)
+    vector = np.nan_to_num(np.concatenate([f for f, _ in parts]), nan=0.0, posinf=50.0, neginf=-50.0)
+    probabilities = None if parts[0][1] is None else np.concatenate([p for _, p in parts])
+    if probabilities is not None:
+        # A diverged network's softmax can be NaN; read it as no preference, not as a hole in its peers' sums.
+        broken = ~np.isfinite(probabilities).all(axis=1)
+        probabilities[broken] = 1.0 / probabilities.shape[1]
+    return np.clip(vector, -50.0, 50.0).astype(np.float32), probabilities
+
+
+PEER_FEATURES = 3 * len(PROBE_SETS)
+
+
+class PeerConsensus:
+    """The mean class probabilities on the probes of a set of reference networks (a run's training
+    networks), per group (their dataset) and class count: what accurate networks of one task tend to agree
+    on, even on noise inputs, as label-free accuracy estimates from agreement use.
+
+    ``features`` says how far one network agrees with the consensus of its group, per probe set: the share
+    of probes whose top class is the consensus's, the mean dot product of the two probability vectors, and
+    the mean KL divergence from the consensus. A reference network is compared with the others only (leave
+    one out), so it is read as a new network of its group would be. Fitted on training networks alone, like
+    a scaler, and kept with the exported encoder: it reads no labels and no network outside the reference.
+    """
+
+    def __init__(self, sums: dict[str, np.ndarray], counts: dict[str, int], members: dict[str, str]):
+        self.sums = sums  # key -> (len(PROBE_SETS) * PROBES_PER_SET, classes) float64 sum of probabilities
+        self.counts = counts  # key -> reference networks summed
+        self.members = members  # reference network id -> key
+
+    @staticmethod
+    def key(group: str, classes: int) -> str:
+        return f"{group}/{classes}"
+
+    @classmethod
+    def fit(cls, ids: list[str], groups: list[str], probabilities: list[np.ndarray | None]) -> PeerConsensus:
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        members: dict[str, str] = {}
+        for i, g, p in zip(ids, groups, probabilities, strict=True):
+            if p is None:
+                continue
+            key = cls.key(str(g), p.shape[1])
+            sums[key] = sums.get(key, 0.0) + p.astype(np.float64)
+            counts[key] = counts.get(key, 0) + 1
+            members[str(i)] = key
+        return cls(sums, counts, members)
+
+    def features(
+        self, id: str, group: str, probabilities: np.ndarray | None, leave_out: bool = True
+    ) -> np.ndarray | None:
+        """(PEER_FEATURES,) float32, or None without probabilities or without another network to compare.
+
+        ``leave_out``: a reference network's id is compared with the others only. Pass False for networks
+        of another zoo, whose ids may repeat the reference's without being the same networks.
+        """
+        if probabilities is None:
+            return None
+        key = self.key(str(group), probabilities.shape[1])
+        total, count = self.sums.get(key), self.counts.get(key, 0)
+        p = probabilities.astype(np.float64)
+        if leave_out and self.members.get(str(id)) == key:
+            total, count = total - p, count - 1
+        if total is None or count < 1:
+            return None
+        consensus = total / count
+        out = np.zeros(PEER_FEATURES, dtype=np.float32)
+        per_set = PROBES_PER_SET
+        for k in range(len(PROBE_SETS)):
+            own, c = p[k * per_set : (k + 1) * per_set], consensus[k * per_set : (k + 1) * per_set]
+            out[3 * k] = np.mean(own.argmax(1) == c.argmax(1))
+            out[3 * k + 1] = np.mean((own * c).sum(1))
+            out[3 * k + 2] = np.mean((c * (np.log(c + 1e-12) - np.log(own + 1e-12))).sum(1))
+        return out
+
+    def record_features(self, record, leave_out: bool = True) -> list[float] | None:
+        """``features`` of a chunk record (its id, dataset and probe_probabilities column)."""
+        vector = self.features(record["id"], record["dataset"], probabilities_of(record), leave_out)
+        return None if vector is None else vector.tolist()
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, JSON-able dict) that ``from_state`` turns back into this consensus (for the export)."""
+        return dict(self.sums), {"counts": self.counts, "members": self.members}
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> PeerConsensus:
+        return cls(
+            {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta["counts"], meta["members"]
+        )
+
+
+def probabilities_of(record) -> np.ndarray | None:
+    """A chunk record's class probabilities on the probes as (len(PROBE_SETS) * PROBES_PER_SET, classes),
+    or None where it has none."""
+    flat = record.get("probe_probabilities")
+    if flat is None:
+        return None
+    flat = np.asarray(flat, dtype=np.float32)
+    rows = len(PROBE_SETS) * PROBES_PER_SET
+    if flat.size == 0 or flat.size % rows:
+        raise ValueError(
+            f"checkpoint {str(record['id'])!r}: {flat.size} probe probabilities, not a multiple of {rows} probes"
+        )
+    return flat.reshape(rows, -1)

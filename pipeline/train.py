@@ -52,6 +52,7 @@ def encoder_config(config: TrainConfig) -> EncoderConfig:
         layer_statistics=config.layer_statistics,
         layer_summary=config.layer_summary,
         probe_summary=config.probe_summary,
+        peer_agreement=config.peer_agreement,
         output="linear",
     )
 

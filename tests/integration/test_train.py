@@ -41,7 +41,7 @@ def _config(bucket, tmp_path, **overrides):
 
 
 def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path):
-    final = run_training(_config(tiny_zoo, tmp_path), log=lambda _: None)
+    final = run_training(_config(tiny_zoo, tmp_path, peer_agreement=True), log=lambda _: None)
     assert math.isfinite(final["test_kendall_tau"]) and math.isfinite(final["statnn_test_kendall_tau"])
     assert sum(final["split"].values()) == 48
     fs, path = storage.filesystem(final["checkpoint_uri"])
@@ -55,6 +55,9 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
     assert run.data.params["chunk_size"] == "16" and run.data.params["task"] == "random"
     # make_zoo records each network's architecture, so SNE reads every one's probe as well.
     assert run.data.params["probe_summary"] == "True" and run.data.params["n_probed"] == "48"
+    # Every training network is a classifier with probabilities on the probes: all make the peer consensus.
+    assert run.data.params["peer_agreement"] == "True"
+    assert run.data.params["n_peer_reference"] == str(final["split"]["train"])
     assert run.data.tags["zoo_fingerprint"] and run.data.tags["chunk_size"] == "16"
     assert [m.step for m in client.get_metric_history(final["run_id"], "val_kendall_tau")] == [0, 1, 2]
     assert run.data.metrics["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
@@ -65,6 +68,8 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
         "encoder/encoder.json",
         "encoder/encoder.safetensors",
         "encoder/training_ids.json",
+        "encoder/peers.json",
+        "encoder/peers.safetensors",
     }
 
 
@@ -110,6 +115,7 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
         train_families=("mlp", "cnn", "cnn-s"),
         test_families=("smallcnn",),
         statnn=False,
+        peer_agreement=True,  # predict must compare each network with the exported consensus as training did
     )
     final = run_training(config, log=lambda _: None)
     assert set(final["per_subset"][-1]["subset"].split("=")) == {"family", "smallcnn"}
@@ -117,6 +123,7 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
     rows = result["rows"]
     assert len(rows) == 48 and {r["family"] for r in rows} == {"mlp", "cnn", "cnn-s", "smallcnn"}
     assert result["unprobed"] == 0  # predict probes each network as prepare did
+    assert result["without_peers"] == 0  # every dataset had training networks in the consensus
     assert all(np.isfinite(r["prediction"]) for r in rows)
     # The families it trained on are marked and left out of the scores: what remains is the run's test split,
     # predicted as the run predicted it.
@@ -129,7 +136,8 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
         [unseen[i] for i in tested], [float(r["prediction"]) for r in tested.values()], rtol=1e-4, atol=1e-5
     )
     assert result["metrics"]["kendall_tau"] == pytest.approx(final["test_kendall_tau"], abs=1e-6)
-    # The run's scores on its own training networks are those networks' scores, as predict sees them.
+    # The run's scores on its own training networks are those networks' scores, as predict sees them (each
+    # compared with the consensus of the other training networks, as in training).
     fitted = [r for r in rows if r["used_in_training"] == "train"]
     assert len(fitted) == final["split"]["train"]
     fit = regression_metrics(*(np.array([r[k] for r in fitted]) for k in ("prediction", "true")))

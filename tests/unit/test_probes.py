@@ -9,8 +9,16 @@ from pipeline import families
 from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint
 from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
+from pipeline.export import load_peers, save_encoder
 from pipeline.invariance import permute_record, random_hidden_permutation
-from pipeline.probes import PROBE_FEATURES, probe_summary
+from pipeline.probes import (
+    PEER_FEATURES,
+    PROBE_FEATURES,
+    PeerConsensus,
+    probabilities_of,
+    probe_summary,
+    run_probes,
+)
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +81,51 @@ def test_a_diverged_network_still_gives_a_bounded_vector():
     assert np.isfinite(vector).all() and np.abs(vector).max() <= 50.0
 
 
+def test_peer_consensus_tells_a_network_that_computes_what_its_peers_compute_from_one_that_does_not():
+    def permuted(checkpoint, seed):
+        layers = random_hidden_permutation(checkpoint.layers, np.random.default_rng(seed))
+        return dataclasses.replace(checkpoint, id=f"{checkpoint.id}-p{seed}", layers=layers)
+
+    common = _network("mlp", "digits", seed=3)
+    broken = _network("mlp", "digits", seed=5)
+    broken = dataclasses.replace(
+        broken,
+        layers=[dataclasses.replace(broken.layers[0], weight=broken.layers[0].weight * 1e30)]
+        + broken.layers[1:],
+    )
+    reference = [common, permuted(common, 1), permuted(common, 2), _network("mlp", "digits", seed=7), broken]
+    probabilities = {c.id: run_probes(c)[1] for c in reference}
+    consensus = PeerConsensus.fit(list(probabilities), ["digits"] * 5, list(probabilities.values()))
+
+    def features(checkpoint):
+        return consensus.features(checkpoint.id, checkpoint.dataset, run_probes(checkpoint)[1])
+
+    # A new network computing the function most references compute agrees with their consensus on more
+    # probes, and is closer to it, than a new network computing something else.
+    same, other = features(permuted(common, 3)), features(_network("mlp", "digits", seed=9))
+    assert same.shape == (PEER_FEATURES,) and np.isfinite(same).all() and np.isfinite(other).all()
+    assert same[0] > other[0] and same[3] > other[3] and same[2] < other[2]
+    # A reference network is compared with the others only, as if it were new to a consensus without it.
+    without = PeerConsensus.fit(
+        [i for i in probabilities if i != common.id],
+        ["digits"] * 4,
+        [p for i, p in probabilities.items() if i != common.id],
+    )
+    np.testing.assert_allclose(
+        consensus.features(common.id, "digits", probabilities[common.id]),
+        without.features(common.id, "digits", probabilities[common.id]),
+        rtol=1e-5,
+    )
+    # A network of another zoo that repeats a reference's id is not left out of what it is compared with.
+    included = consensus.features(common.id, "digits", probabilities[common.id], leave_out=False)
+    assert not np.allclose(included, consensus.features(common.id, "digits", probabilities[common.id]))
+    # The diverged reference's NaN softmax poisons no one; no consensus for an unseen dataset or a regressor.
+    assert np.isfinite(features(broken)).all()
+    assert features(_network("mlp", "shapes", seed=8)) is None
+    siren = _network("siren", "sine", seed=4, scheme="siren")
+    assert run_probes(siren)[1] is None and features(siren) is None
+
+
 def test_records_carry_the_probe_or_null_and_collate_marks_which():
     rng = np.random.default_rng(0)
     bare = Checkpoint(
@@ -99,22 +152,58 @@ def test_records_carry_the_probe_or_null_and_collate_marks_which():
     np.testing.assert_allclose(batch["probe"][1].numpy(), np.asarray(records[1]["probe"], dtype=np.float32))
     with pytest.raises(ValueError, match="probe of shape"):
         collate_chunk_records([dict(records[1], probe=[0.0] * 3)])
+    # The classifier's softmax on the probes travels too, in half precision, for its peer agreement.
+    assert records[0]["probe_probabilities"] is None
+    probabilities = probabilities_of(back[1])
+    np.testing.assert_allclose(probabilities, run_probes(probed)[1], atol=1e-3)
+    assert probabilities.shape == (2 * 256, 10)
+    assert (
+        permute_record(records[1], np.random.default_rng(2))["probe_probabilities"]
+        is records[1]["probe_probabilities"]
+    )
+    with pytest.raises(ValueError, match="not a multiple"):
+        probabilities_of(dict(records[1], probe_probabilities=np.zeros(7, np.float16)))
+    # The driver's "peer" column (agreement with the training networks) is collated the same way.
+    peer = [0.5, 0.4, 1.0, 0.6, 0.3, 2.0]
+    batch = collate_chunk_records([dict(back[0], peer=None), dict(back[1], peer=peer)])
+    assert batch["peer_present"].tolist() == [0.0, 1.0] and not batch["peer"][0].any()
+    np.testing.assert_allclose(batch["peer"][1].numpy(), peer)
+    with pytest.raises(ValueError, match="peer of shape"):
+        collate_chunk_records([dict(records[1], peer=peer[:3])])
 
 
-def test_the_encoder_reads_the_probe_only_where_there_is_one():
+@pytest.mark.parametrize("key, switch", [("probe", "probe_summary"), ("peer", "peer_agreement")])
+def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(key, switch):
     records = [chunk_checkpoint(_network("mlp", "digits", seed=s), 4) for s in range(3)]
+    for r in records:
+        r["peer"] = [0.5, 0.4, 1.0, 0.6, 0.3, 2.0]
     batch = collate_chunk_records(records, links=True)
-    cfg = EncoderConfig(hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64)
+    cfg = EncoderConfig(
+        hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64, peer_agreement=True
+    )
     torch.manual_seed(0)
     encoder = SNE(cfg).eval()
     with torch.no_grad():
         before = encoder(batch)
-        shifted = dict(batch, probe=batch["probe"] + 1.0)
+        shifted = dict(batch, **{key: batch[key] + 1.0})
         assert (encoder(shifted) - before).abs().max() > 1e-4
-        absent = dict(batch, probe_present=torch.zeros(3))
-        assert torch.allclose(encoder(dict(absent, probe=absent["probe"] + 1.0)), encoder(absent))
+        absent = dict(batch, **{f"{key}_present": torch.zeros(3)})
+        assert torch.allclose(encoder(dict(absent, **{key: absent[key] + 1.0})), encoder(absent))
     torch.manual_seed(0)
-    weights_only = SNE(dataclasses.replace(cfg, probe_summary=False)).eval()
-    assert weights_only.probe is None
+    without = SNE(dataclasses.replace(cfg, **{switch: False})).eval()
+    assert getattr(without, key) is None
     with torch.no_grad():
-        assert torch.allclose(weights_only(shifted), weights_only(batch))
+        assert torch.allclose(without(shifted), without(batch))
+
+
+def test_the_peer_consensus_travels_with_the_exported_encoder(tmp_path):
+    networks = [_network("mlp", "digits", seed=s) for s in range(4)]
+    records = [chunk_checkpoint(c, 4) for c in networks]
+    consensus = PeerConsensus.fit(
+        [r["id"] for r in records[:3]], ["digits"] * 3, [probabilities_of(r) for r in records[:3]]
+    )
+    save_encoder(str(tmp_path), {"w": np.zeros(1, np.float32)}, {}, None, consensus)
+    back = load_peers(str(tmp_path))
+    for r in records:  # members (left out of their own consensus) and a new network alike
+        np.testing.assert_array_equal(back.record_features(r), consensus.record_features(r))
+    assert load_peers(str(tmp_path / "none")) is None

@@ -53,6 +53,7 @@ def test_ceiling_job_scores_feature_sets_and_scores_its_learning_curve_on_the_fi
     # So does what the networks compute on the data-free probes (their outputs grow with the scale).
     assert figures["scores"]["function probes (data-free)"]["kendall_tau"] > 0.6
     assert "per-layer sets + links + probes" in figures["scores"]
+    assert np.isfinite(figures["scores"]["probes + peer agreement"]["kendall_tau"])
     # The curve is scored on the test set of `train.py --test-fraction 0.2`, and fits on the rest.
     fifth = assign_splits([c.id for c in checkpoints], ["mlp"] * 200, ["digits"] * 200, test_fraction=0.2)
     held = sum(1 for s in fifth.values() if s == "test")
