@@ -111,35 +111,6 @@ def main() -> None:
     if len(checkpoints) < 100:
         fail(f"{len(checkpoints)} checkpoints with {args.property!r}: too few for a ceiling estimate")
     y = np.array([float(c.properties[args.property]) for c in checkpoints])
-    states = [c.state_dict() for c in checkpoints]
-    features = {
-        "hyperparameters": hyperparameter_matrix(
-            [dict(c.hyperparameters) for c in checkpoints], args.property
-        ),
-        "statnn": pad_features([state_features(s) for s in states]),
-        "per-layer sets": pad_features([layer_set_features(s) for s in states]),
-        "per-layer sets + links": pad_features([layer_set_features(s, links=True) for s in states]),
-    }
-    runs = [run_probes(c) for c in checkpoints]
-    if all(r is not None for r in runs):
-        probes = features["function probes (data-free)"] = np.stack([r[0] for r in runs])
-        features["per-layer sets + links + probes"] = np.hstack([features["per-layer sets + links"], probes])
-    else:
-        print(f"no probe rows: {sum(p is None for p in probes)} checkpoints name no runnable architecture")
-    features["statnn + hyperparameters (oracle)"] = np.hstack(
-        [features["statnn"], features["hyperparameters"]]
-    )
-    if args.property != "train_accuracy" and all(
-        c.properties.get("train_accuracy") is not None for c in checkpoints
-    ):
-        # Not a weight-only method either: the network run on its own training data. It shows how
-        # much of the property the weights determine once read as a function.
-        features["train accuracy + hyperparameters"] = np.hstack(
-            [
-                np.array([[float(c.properties["train_accuracy"])] for c in checkpoints]),
-                features["hyperparameters"],
-            ]
-        )
     groups = ([c.id for c in checkpoints], [c.family for c in checkpoints], [c.dataset for c in checkpoints])
     try:
         split = assign_splits(
@@ -159,16 +130,20 @@ def main() -> None:
         for s in ("train", "val", "test")
     }
 
-    figures: dict = {
-        "zoo": args.zoo,
-        "property": args.property,
-        "networks": len(checkpoints),
-        "task": args.task,
-        "test_variance": float(y[where["test"]].var()),
-        "scores": {},
-    }
     fitted = np.concatenate([where["train"], where["val"]])
-    if "function probes (data-free)" in features:
+    states = [c.state_dict() for c in checkpoints]
+    features = {
+        "hyperparameters": hyperparameter_matrix(
+            [dict(c.hyperparameters) for c in checkpoints], args.property
+        ),
+        "statnn": pad_features([state_features(s) for s in states]),
+        "per-layer sets": pad_features([layer_set_features(s) for s in states]),
+        "per-layer sets + links": pad_features([layer_set_features(s, links=True) for s in states]),
+    }
+    runs = [run_probes(c) for c in checkpoints]
+    if all(r is not None for r in runs):
+        probes = features["function probes (data-free)"] = np.stack([r[0] for r in runs])
+        features["per-layer sets + links + probes"] = np.hstack([features["per-layer sets + links"], probes])
         # Each classifier's agreement on the probes with the fitted networks of its dataset (SNE's peer
         # summary): the trees' reference is what they fit on, as SNE's is its training networks.
         consensus = PeerConsensus.fit(
@@ -181,19 +156,31 @@ def main() -> None:
         ]
         if any(a is not None for a in agreement):
             nan = np.full(PEER_FEATURES, np.nan)
-            row = np.hstack(
-                [
-                    features["function probes (data-free)"],
-                    np.stack([nan if a is None else a for a in agreement]),
-                ]
-            )
-            names = list(features)  # beside the other probe rows, before the oracles
-            at = names.index("per-layer sets + links + probes") + 1
-            features = {
-                **{k: features[k] for k in names[:at]},
-                PEER_ROW: row,
-                **{k: features[k] for k in names[at:]},
-            }
+            features[PEER_ROW] = np.hstack([probes, np.stack([nan if a is None else a for a in agreement])])
+    else:
+        print(f"no probe rows: {sum(r is None for r in runs)} checkpoints name no runnable architecture")
+    features["statnn + hyperparameters (oracle)"] = np.hstack(
+        [features["statnn"], features["hyperparameters"]]
+    )
+    if args.property != "train_accuracy" and all(
+        c.properties.get("train_accuracy") is not None for c in checkpoints
+    ):
+        # Not a weight-only method either: the network run on its own training data. It shows how
+        # much of the property the weights determine once read as a function.
+        features["train accuracy + hyperparameters"] = np.hstack(
+            [
+                np.array([[float(c.properties["train_accuracy"])] for c in checkpoints]),
+                features["hyperparameters"],
+            ]
+        )
+    figures: dict = {
+        "zoo": args.zoo,
+        "property": args.property,
+        "networks": len(checkpoints),
+        "task": args.task,
+        "test_variance": float(y[where["test"]].var()),
+        "scores": {},
+    }
     print(
         f"{args.zoo}: {len(checkpoints)} networks; {args.task} task, fit on {len(fitted)}, test on "
         f"{len(where['test'])} (variance of {args.property} there: {figures['test_variance']:.4g})"

@@ -6,7 +6,7 @@ weight normalisation, the property, the loss and the target scaling. ``training_
 checkpoints the encoder was fitted on ("train") and selected on ("val"), so that prediction can score
 only networks it never saw; a separate file because it grows with the zoo. An encoder that reads peer
 agreement also carries its training networks' consensus on the probes (pipeline.probes.PeerConsensus):
-``peers.safetensors`` (the summed class probabilities per dataset) and ``peers.json`` (counts, members).
+``peers.safetensors`` (the summed class probabilities per dataset) and ``peers.json`` (which networks they are).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ with the training networks of its dataset.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from typing import Any
@@ -163,10 +164,10 @@ class PeerConsensus:
     a scaler, and kept with the exported encoder: it reads no labels and no network outside the reference.
     """
 
-    def __init__(self, sums: dict[str, np.ndarray], counts: dict[str, int], members: dict[str, str]):
+    def __init__(self, sums: dict[str, np.ndarray], members: dict[str, str]):
         self.sums = sums  # key -> (len(PROBE_SETS) * PROBES_PER_SET, classes) float64 sum of probabilities
-        self.counts = counts  # key -> reference networks summed
         self.members = members  # reference network id -> key
+        self.counts = dict(collections.Counter(members.values()))  # key -> reference networks summed
 
     @staticmethod
     def key(group: str, classes: int) -> str:
@@ -175,16 +176,14 @@ class PeerConsensus:
     @classmethod
     def fit(cls, ids: list[str], groups: list[str], probabilities: list[np.ndarray | None]) -> PeerConsensus:
         sums: dict[str, np.ndarray] = {}
-        counts: dict[str, int] = {}
         members: dict[str, str] = {}
         for i, g, p in zip(ids, groups, probabilities, strict=True):
             if p is None:
                 continue
             key = cls.key(str(g), p.shape[1])
             sums[key] = sums.get(key, 0.0) + p.astype(np.float64)
-            counts[key] = counts.get(key, 0) + 1
             members[str(i)] = key
-        return cls(sums, counts, members)
+        return cls(sums, members)
 
     def features(
         self, id: str, group: str, probabilities: np.ndarray | None, leave_out: bool = True
@@ -220,13 +219,11 @@ class PeerConsensus:
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, JSON-able dict) that ``from_state`` turns back into this consensus (for the export)."""
-        return dict(self.sums), {"counts": self.counts, "members": self.members}
+        return dict(self.sums), {"members": self.members}
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> PeerConsensus:
-        return cls(
-            {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta["counts"], meta["members"]
-        )
+        return cls({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta["members"])
 
 
 def probabilities_of(record) -> np.ndarray | None:
