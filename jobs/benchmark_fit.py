@@ -96,7 +96,8 @@ def main() -> None:
     ).validate()
     targets = np.array([r[args.property] for r in train], dtype=np.float64)
     scaler = TargetScaler(float(targets.mean()), float(targets.std() or 1.0))
-    encoder = build_encoder(config)
+    # As the training driver builds it by default: a vector per training dataset, unscaled side inputs.
+    encoder = build_encoder(config, tuple(r["dataset"] for r in train))
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
     rng = np.random.default_rng(args.seed)
     steps_per_epoch = -(-len(train) // config.batch_size)

@@ -60,6 +60,11 @@ def main() -> None:
             "networks had, or no class probabilities); it was trained with peer agreement (--peer-agreement), "
             "so expect their predicted level to be off even where their ranking holds"
         )
+    if result["unseen_datasets"]:
+        print(
+            "networks of datasets none of the encoder's training networks had, read as an unknown dataset: "
+            + ", ".join(f"{d} ({n})" for d, n in result["unseen_datasets"].items())
+        )
     report(result)
     if args.plot:
         drawn = plot_predictions(result, args.plot)

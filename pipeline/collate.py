@@ -79,7 +79,8 @@ def collate_chunk_records(
     driver or predict adds to the records), with ``links`` layer_links (Lt, LINK_SUMMARY) float
     (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
     and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float
-    (omitted when property_name is None), and the lists ids, families, datasets.
+    (omitted when property_name is None), the lists ids, families, datasets, and dataset_present (B,) float
+    (ones; training's context dropout zeroes some to hide their dataset from the encoder).
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
     land on a common scale; "none" keeps raw values. A missing or NaN target, mixed chunk sizes, an unknown
     layer kind or schema version raise ValueError.
@@ -168,6 +169,8 @@ def collate_chunk_records(
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],
+        # 0 hides a network's dataset from an encoder that reads it (training's context dropout).
+        "dataset_present": torch.ones(len(records), dtype=torch.float32),
     }
     if links:
         out["layer_links"] = torch.from_numpy(np.stack(link_rows).astype(np.float32))

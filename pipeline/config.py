@@ -67,6 +67,16 @@ class TrainConfig:
     # each classifier's agreement on the probes with the training networks; off by default: where the test
     # networks have no consensus (an unseen dataset) it costs R² (README)
     peer_agreement: bool = False
+    # standardise the probe and peer numbers by the training networks' spread (pipeline.encoder.InputScaling);
+    # off by default: on small it gained 0.003 tau in-distribution and cost 0.03 tau and 0.14 R² on an unseen
+    # dataset (README)
+    input_scaling: bool = False
+    # a learned vector per training dataset added to the embedding (see EncoderConfig.datasets): +0.042 tau on
+    # small; on an unseen dataset it cost 0.017 tau and 0.14 R², so turn it off for such networks (README)
+    dataset_vectors: bool = True
+    # share of training networks per step read as of an unknown dataset (no dataset vector, no peer
+    # agreement), so the encoder also learns to predict networks of a dataset it never saw (README)
+    context_dropout: float = 0.2
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1
@@ -119,6 +129,8 @@ class TrainConfig:
             raise ValueError("num_workers must be >= 0 and cpus_per_worker > 0")
         if self.layer_summary not in LAYER_SUMMARIES:
             raise ValueError(f"layer_summary must be one of {LAYER_SUMMARIES}, got {self.layer_summary!r}")
+        if not 0.0 <= self.context_dropout < 1.0:
+            raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
         if self.invariance_weight < 0:
             raise ValueError(f"invariance_weight must be >= 0, got {self.invariance_weight}")
         return self
@@ -154,6 +166,9 @@ FIELD_HELP = {
     "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
     "probe_summary": "add what each network computes on fixed data-free noise inputs to its embedding (off: weights only)",
     "peer_agreement": "add how far each classifier agrees on those inputs with the training networks of its dataset",
+    "input_scaling": "standardise the probe and peer numbers by their spread over the training networks (off: asinh alone)",
+    "dataset_vectors": "add a learned vector per training dataset to the embedding (others read as unknown)",
+    "context_dropout": "share of training networks per step read as of an unknown dataset (no dataset vector, no peer agreement), so the encoder learns to do without",
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",

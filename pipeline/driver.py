@@ -68,6 +68,22 @@ def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
     )
 
 
+def training_input_scaling(records_uri: str, train_ids: list[str], peers: PeerConsensus | None) -> dict:
+    """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the training networks' values, the
+    peer agreement as training reads it (each compared with the others)."""
+    from pipeline.encoder import InputScaling
+    from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
+
+    columns = ("id", "dataset", "probe") + (("probe_probabilities",) if peers is not None else ())
+    table = _select_ids(read_record_index(records_uri, columns), pa.array(train_ids, pa.string()))
+    probes = [p for p in table.column("probe").to_pylist() if p is not None]
+    out = {"probe": InputScaling.statistics(probes, PROBE_FEATURES)}
+    if peers is not None:
+        agreement = [f for f in map(peers.record_features, _probabilities(table)) if f is not None]
+        out["peer"] = InputScaling.statistics(agreement, PEER_FEATURES)
+    return out
+
+
 def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensus | None) -> pa.Table:
     """The records of ``ids``, their probe probabilities replaced by a "peer" column of their agreement
     with ``peers`` (null without one): training reads the 6 numbers, not the 5,120."""
@@ -221,17 +237,24 @@ def run_training(
         test_fraction=config.test_fraction,
     )
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
-    train_values = values[[assignment.get(i) == "train" for i in ids]]
+    in_train = [assignment.get(i) == "train" for i in ids]
+    train_values = values[in_train]
+    # What the dataset vectors are learnt for (EncoderConfig.datasets); any other dataset reads as unknown.
+    seen_datasets = tuple(
+        sorted({d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t})
+    )
     scaler = TargetScaler(float(train_values.mean()), float(train_values.std() or 1.0))
     log(f"split ({config.task}): {counts}")
 
+    train_ids = [i for i, s in assignment.items() if s == "train"]
     peers = None
     if config.peer_agreement:
-        peers = fit_peer_consensus(prepared.output, [i for i, s in assignment.items() if s == "train"])
+        peers = fit_peer_consensus(prepared.output, train_ids)
         log(
             f"peer consensus: {len(peers.members)} training networks with class probabilities on the probes"
             f" ({', '.join(f'{k}: {n}' for k, n in sorted(peers.counts.items())) or 'none'})"
         )
+    input_scaling = training_input_scaling(prepared.output, train_ids, peers) if config.input_scaling else {}
     run_name = config.run_name or _new_run_name(config, prepared.fingerprint)
     run_id = tracking.find_run(tracking_uri, config.experiment, run_name) if config.run_name else None
     params = {
@@ -269,6 +292,8 @@ def run_training(
             "target_mean": scaler.mean,
             "target_std": scaler.std,
             "train_records": counts["train"],
+            "datasets": seen_datasets,
+            "input_scaling": input_scaling,
             "tracking_uri": tracking_uri,
             "run_id": run_id,
         },
@@ -298,7 +323,7 @@ def run_training(
         raise RuntimeError(f"training run {run_name} returned nothing from rank 0")
 
     # Test evaluation of the best-validation encoder, on the driver (streamed in batches).
-    encoder = build_encoder(config)
+    encoder = build_encoder(config, seen_datasets)
     encoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in returned["encoder_state"].items()})
     test = predict_records(
         encoder, datasets["test"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
@@ -346,7 +371,9 @@ def run_training(
     with tempfile.TemporaryDirectory() as d:
         meta = {
             # Every encoder setting, so predict rebuilds exactly this architecture (output is its own choice).
-            "encoder": {k: v for k, v in asdict(encoder_config(config)).items() if k != "output"},
+            "encoder": {
+                k: v for k, v in asdict(encoder_config(config, seen_datasets)).items() if k != "output"
+            },
             "chunk_size": config.chunk_size,
             "normalize": config.normalize,
             "property": config.property,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,12 +70,21 @@ class EncoderConfig:
     probe_summary: bool = True
     # Add an MLP of each classifier's agreement on those probes with the training networks of its dataset
     # (pipeline.probes.PeerConsensus; the records' "peer" column). Absent (no probabilities, a dataset
-    # no training network had) adds nothing. Off by default: an encoder trained with it on every training
-    # network mispredicts the level of networks without it (README: cross-dataset R² 0.61 -> 0.05).
+    # no training network had) adds nothing. Off by default: where the test networks have none (an unseen
+    # dataset) it costs R² even with training's context dropout (README: cross-dataset R² 0.61 -> 0.44).
     peer_agreement: bool = False
+    # The datasets of the training networks, sorted. Each gets a learned vector added to the embedding: what
+    # networks trained for that task tend to reach, which no weight or probe shows on its own (on small,
+    # trees on the probe and peer numbers rank test accuracy at tau 0.78, and 0.80 told the dataset; README).
+    # Networks of any other dataset, or hidden in training (dataset_present 0), get the vector of an unknown
+    # one. Empty: no dataset is read (the paper's SNE; encoders exported before it).
+    datasets: tuple[str, ...] = ()
     output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
+        self.datasets = tuple(str(d) for d in self.datasets)  # a JSON export reads back a list
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"EncoderConfig.datasets repeats a name: {self.datasets}")
         for name in (
             "hidden",
             "heads",
@@ -95,6 +105,48 @@ class EncoderConfig:
             raise ValueError(
                 f"layer_summary must be one of {tuple(LAYER_SUMMARIES)}, got {self.layer_summary!r}"
             )
+
+
+class InputScaling(nn.Module):
+    """asinh, then standardised by the mean and spread of the training networks' values, clipped.
+
+    For the side inputs (probe, peer agreement). Their spreads over the small zoo's training networks range
+    from 0.01 to 1.5 after asinh, and a head fits so unequal inputs slowly: an MLP on the probe and peer
+    numbers and the dataset reached tau 0.76 on small's test networks in 15 epochs unscaled, 0.80 scaled.
+    In SNE on small it gained only 0.003 tau and cost 0.03 on an unseen dataset, so training sets it only
+    when asked (--input-scaling; README). The statistics are set once before training (``set``, from
+    ``statistics`` of the training networks) and kept as buffers, so an exported encoder reads new networks
+    alike; until set it is asinh alone (as encoders exported before it read their inputs, but for the
+    clip). The clip keeps a diverged network bounded where a feature barely varied in training.
+    """
+
+    LIMIT = 10.0
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+
+    @staticmethod
+    def statistics(rows: list, features: int) -> dict[str, list[float]]:
+        """{"mean", "scale"} of asinh of ``rows`` (one per network, ``features`` values each); identity for
+        fewer than two rows. A spread below 1e-3 counts as 1e-3: a feature that barely varies in training
+        should not swing a prediction."""
+        a = np.arcsinh(np.asarray(rows, dtype=np.float64).reshape(len(rows), features))
+        if a.shape[0] < 2:
+            return {"mean": [0.0] * features, "scale": [1.0] * features}
+        return {"mean": a.mean(0).tolist(), "scale": np.maximum(a.std(0), 1e-3).tolist()}
+
+    @torch.no_grad()
+    def set(self, stats: dict[str, list[float]]) -> None:
+        mean, scale = torch.tensor(stats["mean"]), torch.tensor(stats["scale"])
+        if mean.shape != self.mean.shape or scale.shape != self.scale.shape:
+            raise ValueError(f"input scaling for {self.mean.shape[0]} features, got {mean.shape[0]}")
+        self.mean.copy_(mean)
+        self.scale.copy_(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((torch.asinh(x) - self.mean) / self.scale).clamp(-self.LIMIT, self.LIMIT)
 
 
 def sinusoid(position: torch.Tensor, dim: int) -> torch.Tensor:
@@ -433,6 +485,14 @@ class SNE(nn.Module):
             if cfg.peer_agreement
             else None
         )
+        # Buffers only: they draw nothing from the generator.
+        self.probe_scaling = InputScaling(PROBE_FEATURES) if cfg.probe_summary else None
+        self.peer_scaling = InputScaling(PEER_FEATURES) if cfg.peer_agreement else None
+        # Row 0 is the unknown dataset. Zero at the start, so an encoder begins as it would without them.
+        self.dataset_vectors = nn.Embedding(len(cfg.datasets) + 1, d) if cfg.datasets else None
+        if self.dataset_vectors is not None:
+            nn.init.zeros_(self.dataset_vectors.weight)
+        self._dataset_row = {name: row for row, name in enumerate(cfg.datasets, start=1)}
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings z (B, D) of the checkpoints in a packed batch."""
@@ -502,15 +562,25 @@ class SNE(nn.Module):
                 raise KeyError(
                     "this encoder reads each network's probe, but the batch has none (collate adds it)"
                 )
-            # asinh keeps the shares and ratios near their values and tames a diverged network's log-spread.
-            probe = torch.asinh(batch["probe"].to(z.dtype))
+            probe = self.probe_scaling(batch["probe"].to(z.dtype))
             z = z + batch["probe_present"].to(z.dtype)[:, None] * self.probe(probe)
         if self.peer is not None:
             if "peer" not in batch:
                 raise KeyError("this encoder reads each network's peer agreement, but the batch has none")
-            peer = torch.asinh(batch["peer"].to(z.dtype))  # the KL divergences run up to ~30
+            peer = self.peer_scaling(batch["peer"].to(z.dtype))
             z = z + batch["peer_present"].to(z.dtype)[:, None] * self.peer(peer)
+        if self.dataset_vectors is not None:
+            rows = torch.tensor([self._dataset_row.get(d, 0) for d in batch["datasets"]], device=z.device)
+            shown = batch["dataset_present"].to(device=z.device, dtype=torch.bool)
+            z = z + self.dataset_vectors(torch.where(shown, rows, torch.zeros_like(rows)))
         return z
+
+    def set_input_scaling(self, stats: dict[str, dict[str, list[float]]]) -> None:
+        """Set the side inputs' scaling: {"probe" | "peer": InputScaling.statistics of the training
+        networks' values}; inputs this encoder does not read are ignored."""
+        for name, scaling in (("probe", self.probe_scaling), ("peer", self.peer_scaling)):
+            if scaling is not None and name in stats:
+                scaling.set(stats[name])
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Predicted property (B,) for a packed batch."""

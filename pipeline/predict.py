@@ -6,6 +6,7 @@ in batches, so memory follows the batch, not the zoo.
 
 from __future__ import annotations
 
+import collections
 import math
 import re
 import sys
@@ -58,7 +59,13 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
         "peer_agreement": False,
     }
     sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}, output="linear"))
-    sne.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    # Encoders exported before the input scaling read their side inputs through asinh alone: the identity
+    # scaling a fresh encoder holds.
+    for key, value in sne.state_dict().items():
+        if key.split(".")[0] in ("probe_scaling", "peer_scaling"):
+            tensors.setdefault(key, value)
+    sne.load_state_dict(tensors)
     sne.eval()
     return sne, meta
 
@@ -91,7 +98,7 @@ def predict_zoo(
 
     Returns {"rows": [{id, family, dataset, prediction, true, used_in_training}], "metrics",
     "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo", "unprobed",
-    "without_peers"}. ``used_in_training``
+    "without_peers", "unseen_datasets"}. ``used_in_training``
     is "train" or "val" for a checkpoint the encoder was fitted or selected on, "" otherwise. Scores on
     those would flatter the encoder, so "metrics" and "per_subset" (overall, per dataset, per family)
     cover only the others; "metrics_all" covers every checkpoint with a true value. An export made
@@ -155,6 +162,15 @@ def predict_zoo(
         "unprobed": unprobed if sne.cfg.probe_summary else 0,
         # Networks it read without peer agreement, when it reads it (README: their level suffers).
         "without_peers": without_peers if sne.cfg.peer_agreement else 0,
+        # {dataset: networks} of datasets no training network had, when the encoder reads dataset vectors:
+        # it reads them as an unknown dataset.
+        "unseen_datasets": dict(
+            sorted(
+                collections.Counter(
+                    r["dataset"] for r in rows if sne.cfg.datasets and r["dataset"] not in sne.cfg.datasets
+                ).items()
+            )
+        ),
     }
 
 

@@ -41,7 +41,8 @@ class TargetScaler:
         return y * self.std + self.mean
 
 
-def encoder_config(config: TrainConfig) -> EncoderConfig:
+def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> EncoderConfig:
+    """The encoder a run trains; ``datasets``: its training networks' datasets (read with dataset_vectors)."""
     return EncoderConfig(
         hidden=config.hidden,
         heads=config.heads,
@@ -53,13 +54,14 @@ def encoder_config(config: TrainConfig) -> EncoderConfig:
         layer_summary=config.layer_summary,
         probe_summary=config.probe_summary,
         peer_agreement=config.peer_agreement,
+        datasets=tuple(sorted(set(datasets))) if config.dataset_vectors else (),
         output="linear",
     )
 
 
-def build_encoder(config: TrainConfig) -> SNE:
+def build_encoder(config: TrainConfig, datasets: tuple[str, ...] = ()) -> SNE:
     torch.manual_seed(config.seed)
-    return SNE(encoder_config(config))
+    return SNE(encoder_config(config, datasets))
 
 
 def collate(records: list[dict], config: TrainConfig) -> dict:
@@ -80,6 +82,20 @@ def task_loss(raw: torch.Tensor, target: torch.Tensor, loss: str, scaler: Target
     return F.mse_loss(raw, scaler.encode(target))
 
 
+def hide_dataset_context(batch: dict, b: int, share: float, rng: np.random.Generator) -> None:
+    """Read a random ``share`` of the batch's first ``b`` networks, and their permuted copies alike (logit
+    invariance compares like with like), as networks of an unknown dataset: no dataset vector, no peer
+    agreement.
+
+    Networks of a dataset no training network had reach the encoder so; trained with the peer agreement
+    on every network, the encoder had learnt its offsets with it and misjudged their level (README).
+    """
+    keep = torch.from_numpy(rng.random(b) >= share)
+    for key in ("peer_present", "dataset_present"):
+        present = batch[key]
+        batch[key] = present * keep.repeat(present.shape[0] // b).to(present.dtype)
+
+
 def train_step(
     encoder: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -97,6 +113,8 @@ def train_step(
     lam = config.invariance_weight
     batch_records = records + [permute_record(r, rng) for r in records] if lam > 0 else records
     batch = collate(batch_records, config)
+    if config.context_dropout > 0 and (config.peer_agreement or config.dataset_vectors):
+        hide_dataset_context(batch, b, config.context_dropout, rng)
     raw = encoder(batch)
     loss_task = task_loss(raw[:b], batch["target"][:b], config.loss, scaler)
     loss_inv = logit_invariance_loss(raw[:b], raw[b:]) if lam > 0 else torch.zeros(())
@@ -210,7 +228,8 @@ def quiet_report_logs() -> None:
 
 def train_fn_per_worker(loop_config: dict) -> dict | None:
     """Ray Train loop. ``loop_config``: {"config": TrainConfig dict, "target_mean", "target_std",
-    "train_records", "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
+    "train_records", "datasets" (the training networks'), "input_scaling" (SNE.set_input_scaling), "tracking_uri",
+    "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
     import ray.train
     import ray.train.torch
 
@@ -224,7 +243,8 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     rank = ctx.get_world_rank()
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
     scaler = TargetScaler(loop_config["target_mean"], loop_config["target_std"])
-    encoder = build_encoder(config)
+    encoder = build_encoder(config, tuple(loop_config.get("datasets", ())))
+    encoder.set_input_scaling(loop_config.get("input_scaling", {}))
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # Every worker takes the same number of steps per epoch (DDP), set by the largest shard.
     shard = math.ceil(loop_config["train_records"] / max(1, ctx.get_world_size()))

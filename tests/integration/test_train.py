@@ -5,13 +5,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import new_bucket, run_then_kill
 
 from pipeline import storage, tracking
 from pipeline.config import debug, from_dict
 from pipeline.driver import run_training
 from pipeline.evaluation import regression_metrics
-from pipeline.predict import plot_predictions, predict_zoo, write_predictions
+from pipeline.predict import load_encoder, plot_predictions, predict_zoo, write_predictions
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,8 @@ def _config(bucket, tmp_path, **overrides):
 
 
 def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path):
-    final = run_training(_config(tiny_zoo, tmp_path, peer_agreement=True), log=lambda _: None)
+    config = _config(tiny_zoo, tmp_path, peer_agreement=True, input_scaling=True)
+    final = run_training(config, log=lambda _: None)
     assert math.isfinite(final["test_kendall_tau"]) and math.isfinite(final["statnn_test_kendall_tau"])
     assert sum(final["split"].values()) == 48
     fs, path = storage.filesystem(final["checkpoint_uri"])
@@ -71,6 +73,11 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
         "encoder/peers.json",
         "encoder/peers.safetensors",
     }
+    # The exported encoder knows the training datasets and reads the side inputs scaled as in training.
+    encoder, _ = load_encoder(final["run_id"], final["tracking_uri"])
+    assert len(encoder.cfg.datasets) >= 2 and list(encoder.cfg.datasets) == sorted(encoder.cfg.datasets)
+    for scaling in (encoder.probe_scaling, encoder.peer_scaling):
+        assert not torch.equal(scaling.scale, torch.ones_like(scaling.scale))
 
 
 def test_a_rerun_with_the_same_seed_trains_the_same_encoder(tiny_zoo, tmp_path):
@@ -124,6 +131,7 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
     assert len(rows) == 48 and {r["family"] for r in rows} == {"mlp", "cnn", "cnn-s", "smallcnn"}
     assert result["unprobed"] == 0  # predict probes each network as prepare did
     assert result["without_peers"] == 0  # every dataset had training networks in the consensus
+    assert result["unseen_datasets"] == {}  # and each has its dataset vector, read as in training
     assert all(np.isfinite(r["prediction"]) for r in rows)
     # The families it trained on are marked and left out of the scores: what remains is the run's test split,
     # predicted as the run predicted it.

@@ -7,7 +7,8 @@ import torch
 
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
-from pipeline.encoder import SNE, EncoderConfig
+from pipeline.encoder import SNE, EncoderConfig, InputScaling
+from pipeline.probes import PROBE_FEATURES
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -386,3 +387,76 @@ def test_an_export_without_training_ids_scores_every_network(tmp_path):
     assert not result["training_ids_known"]
     assert result["metrics"]["n"] == result["metrics_all"]["n"] == 3
     assert all(r["used_in_training"] == "" for r in result["rows"])
+
+
+def test_dataset_vectors_read_each_training_dataset_and_any_other_or_hidden_one_as_unknown():
+    checkpoints = _mixed_checkpoints()
+    for c, dataset in zip(checkpoints, ("digits", "shapes", "textures"), strict=True):
+        c.dataset = dataset
+    batch = _batch(checkpoints)
+    cfg = dataclasses.replace(SMALL, datasets=["shapes", "digits"])  # an export's JSON reads back a list
+    assert cfg.datasets == ("shapes", "digits")
+    encoder, without = _encoder(cfg), _encoder(SMALL)  # built last: the other parts start the same
+    torch.testing.assert_close(_embed(encoder, batch), _embed(without, batch))  # zero at the start
+    with torch.no_grad():
+        encoder.dataset_vectors.weight.normal_()
+    vectors = encoder.dataset_vectors.weight.detach()
+    shift = _embed(encoder, batch) - _embed(without, batch)
+    torch.testing.assert_close(shift, vectors[[2, 1, 0]])  # digits, shapes, unknown textures
+    hidden = dict(batch, dataset_present=torch.tensor([0.0, 1.0, 1.0]))
+    torch.testing.assert_close((_embed(encoder, hidden) - _embed(without, batch))[0], vectors[0])
+    with pytest.raises(ValueError, match="repeats"):
+        EncoderConfig(datasets=("digits", "digits"))
+
+
+def test_prediction_reads_the_dataset_vectors_the_encoder_was_trained_with(tmp_path):
+    from pipeline.predict import predict_zoo
+
+    encoder = _encoder(dataclasses.replace(SMALL, datasets=("digits",)))
+    with torch.no_grad():
+        encoder.dataset_vectors.weight.normal_()
+    rng = np.random.default_rng(0)
+    encoder.set_input_scaling(
+        {"probe": InputScaling.statistics(rng.normal(size=(50, PROBE_FEATURES)), PROBE_FEATURES)}
+    )
+    checkpoints = _mixed_checkpoints()
+    checkpoints[0].dataset = "unseen"
+    with torch.no_grad():
+        expected = encoder(_batch(checkpoints)) * 0.2 + 0.5
+    result = predict_zoo(*_exported_encoder_and_zoo(tmp_path, encoder, checkpoints))
+    predicted = {r["id"]: r["prediction"] for r in result["rows"]}
+    np.testing.assert_allclose([predicted[c.id] for c in checkpoints], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert result["unseen_datasets"] == {"unseen": 1}
+
+
+def test_input_scaling_standardises_the_training_values_and_keeps_outliers_bounded():
+    rng = np.random.default_rng(0)
+    values = np.column_stack([rng.normal(3.0, 0.01, 500), rng.normal(-40.0, 20.0, 500)])  # unequal spreads
+    scaling = InputScaling(2)
+    x = torch.tensor(values, dtype=torch.float32)
+    torch.testing.assert_close(scaling(x), torch.asinh(x))  # until set: asinh alone, as older encoders read
+    scaling.set(InputScaling.statistics(values, 2))
+    z = scaling(x)
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(2), atol=0.05, rtol=0)
+    assert scaling(torch.tensor([[1e30, -1e30]])).abs().max() <= InputScaling.LIMIT  # a diverged network
+    with pytest.raises(ValueError, match="2 features"):
+        scaling.set(InputScaling.statistics(values[:, :1], 1))
+    assert InputScaling.statistics(values[:1], 2) == {"mean": [0.0, 0.0], "scale": [1.0, 1.0]}
+    assert InputScaling.statistics([], 2) == {"mean": [0.0, 0.0], "scale": [1.0, 1.0]}  # nothing probed
+
+
+def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
+    from pipeline.export import save_encoder
+    from pipeline.predict import load_encoder
+
+    old = _encoder(SMALL)
+    state = {k: v.numpy() for k, v in old.state_dict().items() if not k.startswith("probe_scaling.")}
+    meta = {
+        "encoder": {k: v for k, v in dataclasses.asdict(old.cfg).items() if k not in ("output", "datasets")}
+    }
+    save_encoder(str(tmp_path), state, meta)
+    loaded, _ = load_encoder(str(tmp_path))
+    torch.testing.assert_close(loaded.probe_scaling.scale, torch.ones(PROBE_FEATURES))
+    batch = _batch(_mixed_checkpoints())
+    torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
