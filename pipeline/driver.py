@@ -68,20 +68,20 @@ def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
     )
 
 
-def training_input_scaling(records_uri: str, train_ids: list[str], peers: PeerConsensus | None) -> dict:
-    """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the training networks' values, the
-    peer agreement as training reads it (each compared with the others)."""
+def training_input_scaling(train, peer_agreement: bool) -> dict:
+    """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the values the training split (a
+    materialised Ray Dataset) feeds the encoder (the peer agreement as split_datasets attached it, each network compared with the others)."""
     from pipeline.encoder import InputScaling
     from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
-    columns = ("id", "dataset", "probe") + (("probe_probabilities",) if peers is not None else ())
-    table = _select_ids(read_record_index(records_uri, columns), pa.array(train_ids, pa.string()))
-    probes = [p for p in table.column("probe").to_pylist() if p is not None]
-    out = {"probe": InputScaling.statistics(probes, PROBE_FEATURES)}
-    if peers is not None:
-        agreement = [f for f in map(peers.record_features, _probabilities(table)) if f is not None]
-        out["peer"] = InputScaling.statistics(agreement, PEER_FEATURES)
-    return out
+    columns = {"probe": PROBE_FEATURES, **({"peer": PEER_FEATURES} if peer_agreement else {})}
+    table = pa.concat_tables(
+        train.select_columns(list(columns)).iter_batches(batch_format="pyarrow", batch_size=None)
+    )
+    return {
+        name: InputScaling.statistics([v for v in table.column(name).to_pylist() if v is not None], width)
+        for name, width in columns.items()
+    }
 
 
 def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensus | None) -> pa.Table:
@@ -239,9 +239,10 @@ def run_training(
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
     in_train = [assignment.get(i) == "train" for i in ids]
     train_values = values[in_train]
-    # What the dataset vectors are learnt for (EncoderConfig.datasets); any other dataset reads as unknown.
+    # What the dataset vectors are learnt for (EncoderConfig.datasets, which sorts them); any other dataset
+    # reads as unknown.
     seen_datasets = tuple(
-        sorted({d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t})
+        {d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t}
     )
     scaler = TargetScaler(float(train_values.mean()), float(train_values.std() or 1.0))
     log(f"split ({config.task}): {counts}")
@@ -254,7 +255,6 @@ def run_training(
             f"peer consensus: {len(peers.members)} training networks with class probabilities on the probes"
             f" ({', '.join(f'{k}: {n}' for k, n in sorted(peers.counts.items())) or 'none'})"
         )
-    input_scaling = training_input_scaling(prepared.output, train_ids, peers) if config.input_scaling else {}
     run_name = config.run_name or _new_run_name(config, prepared.fingerprint)
     run_id = tracking.find_run(tracking_uri, config.experiment, run_name) if config.run_name else None
     params = {
@@ -279,6 +279,9 @@ def run_training(
 
     quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
     datasets = split_datasets(prepared.output, assignment, materialize=True, peers=peers)
+    input_scaling = (
+        training_input_scaling(datasets["train"], config.peer_agreement) if config.input_scaling else {}
+    )
     # Reproducible runs: with the order preserved, Ray Data hands each worker its rows by a fixed rule
     # (locality hints are ignored) instead of to whichever worker asks first, so the same seed gives the
     # same batches, and the same encoder. Without it three runs of the demo, one seed, gave tau 0.33-0.44.

@@ -571,8 +571,8 @@ class SNE(nn.Module):
             z = z + batch["peer_present"].to(z.dtype)[:, None] * self.peer(peer)
         if self.dataset_vectors is not None:
             rows = torch.tensor([self._dataset_row.get(d, 0) for d in batch["datasets"]], device=z.device)
-            shown = batch["dataset_present"].to(device=z.device, dtype=torch.bool)
-            z = z + self.dataset_vectors(torch.where(shown, rows, torch.zeros_like(rows)))
+            shown = batch["dataset_present"].to(device=z.device, dtype=torch.long)  # 0/1
+            z = z + self.dataset_vectors(rows * shown)  # a hidden dataset reads row 0, the unknown one
         return z
 
     def set_input_scaling(self, stats: dict[str, dict[str, list[float]]]) -> None:
