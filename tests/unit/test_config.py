@@ -89,7 +89,7 @@ def test_every_flag_explains_itself_and_shows_its_default():
     cfg.add_arguments(p)
     text = " ".join(p.format_help().split())  # undo argparse's line wrapping
     assert "--chunk-size CHUNK_SIZE values per chunk" in text
-    assert "(default: 16)" in text and "(default: 0.001)" in text
+    assert "(default: 16)" in text and "(default: 0.002)" in text
     assert "5% warm-up" in text  # a literal % survives argparse's formatting
     shown = dataclasses.replace(cfg.demo(), num_workers=1)
     p = argparse.ArgumentParser()
