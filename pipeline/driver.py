@@ -70,7 +70,8 @@ def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
 
 def training_input_scaling(train, peer_agreement: bool) -> dict:
     """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the values the training split (a
-    materialised Ray Dataset) feeds the encoder (the peer agreement as split_datasets attached it, each network compared with the others)."""
+    materialised Ray Dataset) feeds the encoder: the peer agreement as split_datasets attached it, each
+    network compared with the others."""
     from pipeline.encoder import InputScaling
     from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
