@@ -240,8 +240,8 @@ def run_training(
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
     in_train = [assignment.get(i) == "train" for i in ids]
     train_values = values[in_train]
-    # What the dataset vectors are learnt for (EncoderConfig.datasets, which sorts them); any other dataset
-    # reads as unknown.
+    # What the dataset vectors are learnt for (EncoderConfig.datasets; encoder_config sorts them); any other
+    # dataset reads as unknown.
     seen_datasets = tuple(
         {d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t}
     )
