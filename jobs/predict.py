@@ -1,9 +1,11 @@
 """Predict a property for every checkpoint of a zoo with a trained SNE encoder.
 
-    python jobs/predict.py --encoder RUN_ID_OR_URI --zoo URI [--out PATH] [--plot PNG] [--json PATH]
+    python jobs/predict.py --encoder RUN_ID_OR_URI [--encoder ...] --zoo URI [--out PATH] [--plot PNG] [--json PATH]
 
 --encoder takes an MLflow run id (or runs:/<id>/encoder) or a folder holding encoder.safetensors
-and encoder.json. The table has id, family, dataset, prediction, the true value where known, and
+and encoder.json. Given more than once, the encoders predict as an ensemble: each network gets the
+mean of their predictions, and each encoder's own scores are printed beside the ensemble's (runs of
+different seeds or settings rank better together than alone; see the README). The table has id, family, dataset, prediction, the true value where known, and
 used_in_training ("train" or "val" for the checkpoints the encoder was fitted or selected on). Where
 true values exist, Kendall tau, R² and MSE are printed overall, per dataset and per family, on the
 checkpoints the encoder never saw: predicting its own training zoo scores its test split.
@@ -24,7 +26,12 @@ from pipeline.zoo import ZooError
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--encoder", required=True)
+    p.add_argument(
+        "--encoder",
+        required=True,
+        action="append",
+        help="MLflow run id or exported encoder folder; repeat it to predict with an ensemble of encoders",
+    )
     p.add_argument("--zoo", required=True)
     p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
     p.add_argument(
@@ -66,6 +73,7 @@ def main() -> None:
             + ", ".join(f"{d} ({n})" for d, n in result["unseen_datasets"].items())
         )
     report(result)
+    report_members(result)
     if args.plot:
         drawn = plot_predictions(result, args.plot)
         print(
@@ -104,6 +112,17 @@ def report(result: dict) -> None:
             f"on all {every['n']}, training networks included: Kendall tau {every['kendall_tau']:.3f}  "
             f"R2 {every['r2']:.3f}  MSE {every['mse']:.5f}"
         )
+
+
+def report_members(result: dict) -> None:
+    """Each encoder's own Kendall tau beside the ensemble's, on the same networks."""
+    if len(result["members"]) < 2 or result["metrics"] is None:
+        return
+    print(
+        f"ensemble of {len(result['members'])} encoders: Kendall tau {result['metrics']['kendall_tau']:.3f}; alone:"
+    )
+    for m in result["members"]:
+        print(f"  {m['encoder']}: Kendall tau {m['metrics']['kendall_tau']:.3f}  R2 {m['metrics']['r2']:.3f}")
 
 
 if __name__ == "__main__":

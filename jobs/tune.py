@@ -124,6 +124,17 @@ def main() -> None:
             f"best: {summary['best_config']}  val tau {summary['best_val_kendall_tau']:.3f}"
             + (f"  test tau {test:.3f}" if isinstance(test, float) else "")
         )
+    # The trials are sorted by validation tau: the first completed ones are the best the sweep trained through.
+    best_runs = [t["run_id"] for t in summary["trials"] if t["status"] == "completed" and t["run_id"]][:3]
+    if len(best_runs) >= 2:
+        print(
+            f"predict with the best {len(best_runs)} completed trials together (an ensemble ranks better than one):"
+        )
+        print(
+            "  python jobs/predict.py "
+            + " ".join(f"--encoder {r}" for r in best_runs)
+            + f" --zoo {base.zoo} --tracking-uri {summary['tracking_uri']}"
+        )
     print(f"sweep took {summary['seconds']:.0f} s; MLflow parent run {summary['parent_run_id']}; UI:")
     print(f"  {ui_command(summary['tracking_uri'])}")
     if args.json:

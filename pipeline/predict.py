@@ -11,7 +11,7 @@ import math
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,13 +70,14 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
     return sne, meta
 
 
-def _batches(listing: ZooListing, chunk_size: int, batch_size: int, rejected: list) -> Iterator[list[dict]]:
-    batch: list[dict] = []
+def _read_batches(listing: ZooListing, batch_size: int, rejected: list) -> Iterator[list]:
+    """The zoo's checkpoints in lists of ``batch_size``; rejections go to ``rejected``."""
+    batch: list = []
     for item in (item for part in listing.parts for item in read_part(part)):
         if isinstance(item, Rejection):
             rejected.append(item)
             continue
-        batch.append(chunk_checkpoint(item, chunk_size))
+        batch.append(item)
         if len(batch) == batch_size:
             yield batch
             batch = []
@@ -84,9 +85,66 @@ def _batches(listing: ZooListing, chunk_size: int, batch_size: int, rejected: li
         yield batch
 
 
+def _chunked(checkpoints: list, chunk_sizes: list[int]) -> dict[int, list[dict]]:
+    """{chunk size: chunk records of ``checkpoints``}. The probes run once per network: what a network
+    computes does not depend on how its weights are cut, so every chunk size after the first copies them."""
+    first, *others = sorted(set(chunk_sizes))
+    records = {first: [chunk_checkpoint(c, first) for c in checkpoints]}
+    for size in others:
+        records[size] = [
+            chunk_checkpoint(c, size, probe=False) | {k: r[k] for k in ("probe", "probe_probabilities")}
+            for c, r in zip(checkpoints, records[first], strict=True)
+        ]
+    return records
+
+
+class _Member:
+    """One encoder of an ensemble, with what it needs to read a batch as its training read it."""
+
+    def __init__(self, encoder: str, tracking_uri: str | None, zoo_fingerprint: str):
+        self.uri = encoder
+        self.sne, self.meta = load_encoder(encoder, tracking_uri)
+        self.seen = self.meta["training_ids"] or {}
+        # A training network is compared with the other training networks, as in training; in another zoo an
+        # id that repeats a training network's is a different network.
+        self.same_zoo = zoo_fingerprint == self.meta.get("zoo_fingerprint")
+        self.links = self.sne.cfg.layer_statistics and self.sne.cfg.layer_summary == "links"
+
+    def predict(self, records: list[dict]) -> tuple[list[float], dict]:
+        """(its prediction per record in the property's units, the collated batch)."""
+        peers = self.meta["peers"]
+        if peers is not None:
+            records = [r | {"peer": peers.record_features(r, leave_out=self.same_zoo)} for r in records]
+        batch = collate_chunk_records(records, None, self.meta["normalize"], links=self.links)
+        raw = self.sne(batch)
+        if self.meta["loss"] == "bce":
+            pred = torch.sigmoid(raw)
+        else:
+            pred = raw * self.meta["target_std"] + self.meta["target_mean"]
+        return pred.tolist(), batch
+
+
+def _load_members(encoders: Sequence[str], tracking_uri: str | None, zoo_fingerprint: str) -> list[_Member]:
+    if not encoders:
+        raise ValueError("no encoder given")
+    members = [_Member(e, tracking_uri, zoo_fingerprint) for e in encoders]
+    properties = {m.meta["property"] for m in members}
+    if len(properties) > 1:
+        named = ", ".join(f"{m.uri} predicts {m.meta['property']}" for m in members)
+        raise ValueError(f"an ensemble's encoders must predict one property: {named}")
+    return members
+
+
+def _used_in_training(members: list[_Member], id: str) -> str:
+    """A network's mark in the table: "train" where any member was fitted on it, else "val" where any member
+    was selected on it, else the empty string."""
+    used = {m.seen.get(id, "") for m in members}
+    return "train" if "train" in used else "val" if "val" in used else ""
+
+
 @torch.no_grad()
 def predict_zoo(
-    encoder: str,
+    encoder: str | Sequence[str],
     zoo_uri: str,
     *,
     format: str = "auto",
@@ -96,78 +154,90 @@ def predict_zoo(
 ) -> dict:
     """Predictions for every checkpoint of a zoo, and their scores where true values are known.
 
+    ``encoder``: one encoder, or several (an ensemble, e.g. runs of different seeds or settings, or the best
+    trials of a sweep) that must predict the same property; a network's prediction is then the mean of
+    theirs, in the property's units.
+
     Returns {"rows": [{id, family, dataset, prediction, true, used_in_training}], "metrics",
-    "per_subset", "metrics_all", "rejected", "property", "training_ids_known", "same_zoo", "unprobed",
-    "without_peers", "unseen_datasets"}. ``used_in_training``
-    is "train" or "val" for a checkpoint the encoder was fitted or selected on, "" otherwise. Scores on
+    "per_subset", "metrics_all", "members", "rejected", "property", "training_ids_known", "same_zoo",
+    "unprobed", "without_peers", "unseen_datasets"}. ``used_in_training``
+    is "train" or "val" for a checkpoint an encoder was fitted or selected on, "" otherwise. Scores on
     those would flatter the encoder, so "metrics" and "per_subset" (overall, per dataset, per family)
-    cover only the others; "metrics_all" covers every checkpoint with a true value. An export made
+    cover only the others; "metrics_all" covers every checkpoint with a true value. "members" lists each
+    encoder with its own "metrics" on the same networks (a single encoder's are "metrics"). An export made
     before it recorded its training ids scores them all (``training_ids_known`` False). Ids are matched
-    as they are; ``same_zoo`` says whether the zoo's listing is the one the encoder was trained on (a
+    as they are; ``same_zoo`` says whether the zoo's listing is the one the encoders were trained on (a
     copy elsewhere, or another zoo whose ids repeat the training zoo's, is not). A tqdm bar on stderr
     when ``progress``.
     """
     from tqdm import tqdm
 
-    sne, meta = load_encoder(encoder, tracking_uri)
-    prop, seen = meta["property"], meta["training_ids"] or {}
-    links = sne.cfg.layer_statistics and sne.cfg.layer_summary == "links"
     listing = open_zoo(zoo_uri, format)
-    same_zoo = listing.fingerprint == meta.get("zoo_fingerprint")
-    rows, rejected, unprobed, without_peers = [], [], 0, 0
+    members = _load_members(
+        [encoder] if isinstance(encoder, str) else list(encoder), tracking_uri, listing.fingerprint
+    )
+    prop = members[0].meta["property"]
+    rows, own, rejected = [], [[] for _ in members], []
+    # Networks read without a probe (no runnable architecture), by an ensemble that reads probes; without peer
+    # agreement by a member that reads it (README: their level suffers); of a dataset unknown to a member
+    # with dataset vectors (read as an unknown dataset).
+    unprobed, without_peers, unknown_dataset = [], [], []
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
     ) as bar:
-        for records in _batches(listing, meta["chunk_size"], batch_size, rejected):
-            if meta["peers"] is not None:
-                for r in records:
-                    # A training network is compared with the other training networks, as in training; in
-                    # another zoo an id that repeats a training network's is a different network.
-                    r["peer"] = meta["peers"].record_features(r, leave_out=same_zoo)
-            batch = collate_chunk_records(records, None, meta["normalize"], links=links)
-            unprobed += int((batch["probe_present"] == 0).sum())
-            without_peers += int((batch["peer_present"] == 0).sum())
-            raw = sne(batch)
-            pred = (
-                torch.sigmoid(raw)
-                if meta["loss"] == "bce"
-                else raw * meta["target_std"] + meta["target_mean"]
-            )
-            for r, p in zip(records, pred.tolist(), strict=True):
+        for checkpoints in _read_batches(listing, batch_size, rejected):
+            records = _chunked(checkpoints, [m.meta["chunk_size"] for m in members])
+            peerless = np.zeros(len(checkpoints), dtype=bool)
+            for m, predictions in zip(members, own, strict=True):
+                pred, batch = m.predict(records[m.meta["chunk_size"]])
+                predictions.extend(pred)
+                if m.sne.cfg.peer_agreement:
+                    peerless |= batch["peer_present"].numpy() == 0
+            without_peers.extend(peerless)
+            for r in records[members[0].meta["chunk_size"]]:
                 true = r.get(prop)
                 rows.append(
                     {
                         "id": r["id"],
                         "family": r["family"],
                         "dataset": r["dataset"],
-                        "prediction": p,
+                        "prediction": None,
                         "true": None if true is None or math.isnan(true) else float(true),
-                        "used_in_training": seen.get(r["id"], ""),
+                        "used_in_training": _used_in_training(members, r["id"]),
                     }
                 )
-            bar.update(len(records))
+                unprobed.append(r["probe"] is None and any(m.sne.cfg.probe_summary for m in members))
+                unknown_dataset.append(
+                    any(m.sne.cfg.datasets and r["dataset"] not in m.sne.cfg.datasets for m in members)
+                )
+            bar.update(len(checkpoints))
         bar.update(len(rejected))
-    known = [r for r in rows if r["true"] is not None]
-    unseen = [r for r in known if not r["used_in_training"]]
+    for i, row in enumerate(rows):
+        row["prediction"] = float(np.mean([predictions[i] for predictions in own]))
+    known = [i for i, r in enumerate(rows) if r["true"] is not None]
+    unseen = [i for i in known if not rows[i]["used_in_training"]]
     return {
         "rows": rows,
-        "metrics": _metrics(unseen),
-        "per_subset": _subsets(unseen),
-        "metrics_all": _metrics(known),
+        "metrics": _metrics([rows[i] for i in unseen]),
+        "per_subset": _subsets([rows[i] for i in unseen]),
+        "metrics_all": _metrics([rows[i] for i in known]),
+        "members": [
+            {
+                "encoder": m.uri,
+                "metrics": _metrics([rows[i] | {"prediction": predictions[i]} for i in unseen]),
+            }
+            for m, predictions in zip(members, own, strict=True)
+        ],
         "rejected": [{"id": r.id, "reason": r.reason} for r in rejected],
         "property": prop,
-        "training_ids_known": meta["training_ids"] is not None,
-        "same_zoo": same_zoo,
-        # Networks the encoder had to read without a probe (no runnable architecture), when it reads probes.
-        "unprobed": unprobed if sne.cfg.probe_summary else 0,
-        # Networks it read without peer agreement, when it reads it (README: their level suffers).
-        "without_peers": without_peers if sne.cfg.peer_agreement else 0,
-        # {dataset: networks} of datasets no training network had, when the encoder reads dataset vectors:
-        # it reads them as an unknown dataset.
+        "training_ids_known": all(m.meta["training_ids"] is not None for m in members),
+        "same_zoo": all(m.same_zoo for m in members),
+        "unprobed": int(sum(unprobed)),
+        "without_peers": int(sum(without_peers)),
         "unseen_datasets": dict(
             sorted(
                 collections.Counter(
-                    r["dataset"] for r in rows if sne.cfg.datasets and r["dataset"] not in sne.cfg.datasets
+                    r["dataset"] for r, u in zip(rows, unknown_dataset, strict=True) if u
                 ).items()
             )
         ),

@@ -8,6 +8,7 @@ import torch
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig, InputScaling
+from pipeline.evaluation import regression_metrics
 from pipeline.probes import PROBE_FEATURES
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 
@@ -318,14 +319,15 @@ def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
 
 
-def _exported_encoder_and_zoo(tmp_path, encoder, checkpoints, training_ids=None) -> tuple[str, str]:
-    """An encoder exported as training exports it, and a native zoo of ``checkpoints``: (encoder, zoo) URIs."""
+def _exported_encoder_and_zoo(tmp_path, encoder, checkpoints, training_ids=None, **meta) -> tuple[str, str]:
+    """An encoder exported as training exports it, and a native zoo of ``checkpoints``: (encoder, zoo) URIs.
+    ``meta`` overrides the export's chunk size, property or target scaling."""
     from pipeline.export import save_encoder
     from pipeline.zoo import native
 
     settings = {k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "output"}
-    meta = {"encoder": settings, "chunk_size": 4, "normalize": "fan_in"}
-    meta |= {"property": "test_accuracy", "loss": "mse", "target_mean": 0.5, "target_std": 0.2}
+    meta = {"encoder": settings, "chunk_size": 4, "normalize": "fan_in", "property": "test_accuracy"} | meta
+    meta = {"loss": "mse", "target_mean": 0.5, "target_std": 0.2} | meta
     state = {k: v.numpy() for k, v in encoder.state_dict().items()}
     save_encoder(str(tmp_path / "encoder"), state, meta, training_ids)
     for c in checkpoints:
@@ -387,6 +389,60 @@ def test_an_export_without_training_ids_scores_every_network(tmp_path):
     assert not result["training_ids_known"]
     assert result["metrics"]["n"] == result["metrics_all"]["n"] == 3
     assert all(r["used_in_training"] == "" for r in result["rows"])
+
+
+def test_an_ensemble_predicts_the_mean_of_its_encoders_and_scores_each_alone(tmp_path):
+    from pipeline.predict import predict_zoo
+
+    checkpoints = _mixed_checkpoints(0) + _mixed_checkpoints(1)
+    for c in checkpoints[3:]:
+        c.id += "-b"
+    for c, acc in zip(checkpoints, (0.1, 0.3, 0.5, 0.2, 0.6, 0.9), strict=True):
+        c.properties["test_accuracy"] = acc
+    # Two runs of different seeds, chunk sizes and target scalings, fitted and selected on different networks.
+    first, zoo = _exported_encoder_and_zoo(
+        tmp_path / "a", _encoder(seed=1), checkpoints, {"train": ["mlp"], "val": ["cnn"]}
+    )
+    second, _ = _exported_encoder_and_zoo(
+        tmp_path / "b",
+        _encoder(seed=2),
+        checkpoints,
+        {"train": ["cnn"], "val": ["c1d"]},
+        chunk_size=8,
+        target_mean=0.4,
+    )
+    alone = [predict_zoo(e, zoo) for e in (first, second)]
+    together = predict_zoo([first, second], zoo)
+    by_id = [{r["id"]: r["prediction"] for r in result["rows"]} for result in alone]
+    ids = [r["id"] for r in together["rows"]]
+    np.testing.assert_allclose(
+        [r["prediction"] for r in together["rows"]], [(by_id[0][i] + by_id[1][i]) / 2 for i in ids], rtol=1e-6
+    )
+    # A network any member was fitted or selected on is left out of the ensemble's scores and its members'.
+    used = {r["id"]: r["used_in_training"] for r in together["rows"]}
+    assert used == {"mlp": "train", "cnn": "train", "c1d": "val", "mlp-b": "", "cnn-b": "", "c1d-b": ""}
+    assert together["metrics"]["n"] == 3
+    unseen = [r for r in together["rows"] if not r["used_in_training"]]
+    for member, predicted in zip(together["members"], by_id, strict=True):
+        expected = regression_metrics(
+            np.array([predicted[r["id"]] for r in unseen]), np.array([r["true"] for r in unseen])
+        )
+        assert member["metrics"] == pytest.approx(expected)
+    assert [m["encoder"] for m in together["members"]] == [first, second]
+
+
+def test_an_ensemble_of_encoders_of_different_properties_is_refused(tmp_path):
+    from pipeline.predict import predict_zoo
+
+    checkpoints = _mixed_checkpoints()
+    first, zoo = _exported_encoder_and_zoo(tmp_path / "a", _encoder(), checkpoints)
+    gap, _ = _exported_encoder_and_zoo(tmp_path / "b", _encoder(), checkpoints, property="generalization_gap")
+    with pytest.raises(
+        ValueError, match="one property: .* predicts test_accuracy, .* predicts generalization_gap"
+    ):
+        predict_zoo([first, gap], zoo)
+    with pytest.raises(ValueError, match="no encoder"):
+        predict_zoo([], zoo)
 
 
 def test_dataset_vectors_read_each_training_dataset_and_any_other_or_hidden_one_as_unknown():
