@@ -5,8 +5,10 @@
 --encoder takes an MLflow run id (or runs:/<id>/encoder) or a folder holding encoder.safetensors
 and encoder.json. Given more than once, the encoders predict as an ensemble: each network gets the
 mean of their predictions, and each encoder's own scores are printed beside the ensemble's (runs of
-different seeds or settings rank better together than alone; see the README). The table has id, family, dataset, prediction, the true value where known, and
-used_in_training ("train" or "val" for the checkpoints the encoder was fitted or selected on). Where
+different seeds or settings rank better together than alone; see the README).
+
+The table has id, family, dataset, prediction, the true value where known, and
+used_in_training ("train" or "val" for the checkpoints an encoder was fitted or selected on). Where
 true values exist, Kendall tau, R² and MSE are printed overall, per dataset and per family, on the
 checkpoints the encoder never saw: predicting its own training zoo scores its test split.
 --out, --plot and --json take a local path or an s3:// URI, so a run under `ray job submit` can leave

@@ -178,9 +178,9 @@ def predict_zoo(
     )
     prop = members[0].meta["property"]
     rows, own, rejected = [], [[] for _ in members], []
-    # Networks read without a probe (no runnable architecture), by an ensemble that reads probes; without peer
-    # agreement by a member that reads it (README: their level suffers); of a dataset unknown to a member
-    # with dataset vectors (read as an unknown dataset).
+    # Per network: read without a probe (no runnable architecture) where any member reads probes; without
+    # peer agreement by a member that reads it (README: their level suffers); as of an unknown dataset by a
+    # member with dataset vectors.
     unprobed, without_peers, unknown_dataset = [], [], []
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
