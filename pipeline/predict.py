@@ -182,6 +182,7 @@ def predict_zoo(
     # peer agreement by a member that reads it (README: their level suffers); as of an unknown dataset by a
     # member with dataset vectors.
     unprobed, without_peers, unknown_dataset = [], [], []
+    reads_probes = any(m.sne.cfg.probe_summary for m in members)
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
     ) as bar:
@@ -206,7 +207,7 @@ def predict_zoo(
                         "used_in_training": _used_in_training(members, r["id"]),
                     }
                 )
-                unprobed.append(r["probe"] is None and any(m.sne.cfg.probe_summary for m in members))
+                unprobed.append(reads_probes and r["probe"] is None)
                 unknown_dataset.append(
                     any(m.sne.cfg.datasets and r["dataset"] not in m.sne.cfg.datasets for m in members)
                 )

@@ -348,14 +348,20 @@ def test_prediction_gives_a_links_encoder_the_links_it_reads(tmp_path):
     np.testing.assert_allclose([predicted[c.id] for c in checkpoints], expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_prediction_scores_only_the_networks_the_encoder_never_saw(tmp_path):
-    from pipeline.predict import predict_zoo, write_predictions
-
+def _six_with_accuracies() -> list[Checkpoint]:
+    """Two sets of _mixed_checkpoints (the second's ids end in "-b"), each with a test accuracy."""
     checkpoints = _mixed_checkpoints(0) + _mixed_checkpoints(1)
     for c in checkpoints[3:]:
         c.id += "-b"
     for c, acc in zip(checkpoints, (0.1, 0.3, 0.5, 0.2, 0.6, 0.9), strict=True):
         c.properties["test_accuracy"] = acc
+    return checkpoints
+
+
+def test_prediction_scores_only_the_networks_the_encoder_never_saw(tmp_path):
+    from pipeline.predict import predict_zoo, write_predictions
+
+    checkpoints = _six_with_accuracies()
     seen = {"train": ["mlp", "cnn-b"], "val": ["c1d"]}
     result = predict_zoo(*_exported_encoder_and_zoo(tmp_path, _encoder(), checkpoints, seen))
     used = {r["id"]: r["used_in_training"] for r in result["rows"]}
@@ -394,11 +400,7 @@ def test_an_export_without_training_ids_scores_every_network(tmp_path):
 def test_an_ensemble_predicts_the_mean_of_its_encoders_and_scores_each_alone(tmp_path):
     from pipeline.predict import predict_zoo
 
-    checkpoints = _mixed_checkpoints(0) + _mixed_checkpoints(1)
-    for c in checkpoints[3:]:
-        c.id += "-b"
-    for c, acc in zip(checkpoints, (0.1, 0.3, 0.5, 0.2, 0.6, 0.9), strict=True):
-        c.properties["test_accuracy"] = acc
+    checkpoints = _six_with_accuracies()
     # Two runs of different seeds, chunk sizes and target scalings, fitted and selected on different networks.
     first, zoo = _exported_encoder_and_zoo(
         tmp_path / "a", _encoder(seed=1), checkpoints, {"train": ["mlp"], "val": ["cnn"]}
