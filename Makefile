@@ -17,7 +17,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) jobs/train.py
+	$(PY) jobs/demo.py
 
 # -v names each test as it runs and --durations lists the slow ones, so a CI log shows where the
 # time went. Each test stops at 15 min (pyproject.toml); --session-timeout starts no new test after

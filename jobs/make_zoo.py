@@ -1,7 +1,10 @@
 """Train a zoo of real networks as Ray tasks; resumable (a rerun skips finished shards), deterministic per seed.
 
 python jobs/make_zoo.py --out URI [--preset demo|small|medium|inr] [--format native|smallcnnzoo|modelzoos]
-                        [--seed S] [--num-cpus N] [--json PATH]
+                        [--datasets NAME,...] [--count N] [--seed S] [--num-cpus N] [--json PATH]
+
+A zoo in the public Small CNN Zoo layout, one family on one dataset:
+    python jobs/make_zoo.py --out data/cnnzoo-digits --preset small --format smallcnnzoo --datasets digits --count 1000
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ def main() -> None:
     p.add_argument(
         "--format", default="native", choices=list(FORMATS), help="on-disk format (default: native)"
     )
+    p.add_argument(
+        "--datasets",
+        default="",
+        help="comma-separated datasets every network trains on (default: each family's own)",
+    )
+    p.add_argument("--count", type=int, help="build only the preset's first N networks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="zoo seed: same seed, same weights (default: 0)")
     p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
     p.add_argument("--json", help="also write the summary here as JSON (local path or URI)")
@@ -29,7 +38,13 @@ def main() -> None:
 
     try:
         summary = make_zoo(
-            args.out, preset=args.preset, format=args.format, seed=args.seed, num_cpus=args.num_cpus
+            args.out,
+            preset=args.preset,
+            format=args.format,
+            seed=args.seed,
+            num_cpus=args.num_cpus,
+            datasets=tuple(d for d in args.datasets.split(",") if d),
+            count=args.count,
         )
     except (ZooError, ValueError, GenerationError) as e:
         fail(str(e))

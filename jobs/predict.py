@@ -5,7 +5,7 @@
 --encoder takes an MLflow run id (or runs:/<id>/encoder) or a folder holding encoder.safetensors
 and encoder.json. Given more than once, the encoders predict as an ensemble: each network gets the
 mean of their predictions, and each encoder's own scores are printed beside the ensemble's (runs of
-different seeds or settings rank better together than alone; see the README).
+different seeds or settings rank better together than alone; see docs/results.md).
 
 The table has id, family, dataset, prediction, the true value where known, and
 used_in_training ("train" or "val" for the checkpoints an encoder was fitted or selected on). Where

@@ -20,6 +20,8 @@ NORMALIZATIONS = ("fan_in", "none")
 LR_SCHEDULES = ("cosine", "constant")
 # The keys of encoder.LAYER_SUMMARIES (config stays free of torch).
 LAYER_SUMMARIES = ("sets", "statnn", "links")
+BLOCKS = ("paper", "compact")  # encoder.BLOCKS
+ELEMENT_PROJECTIONS = ("linear", "random_features")  # encoder.ELEMENT_PROJECTIONS
 
 
 def repo_root() -> str:
@@ -28,6 +30,7 @@ def repo_root() -> str:
 
 @dataclass
 class TrainConfig:
+    preset: str = "demo"  # the named starting point (PRESETS); set by the preset, logged with the run
     # what to learn from
     zoo: str = field(default_factory=lambda: os.path.join(repo_root(), "data", "demo-zoo"))
     format: str = "auto"
@@ -57,35 +60,37 @@ class TrainConfig:
     inducing_points: int = 8
     chunk_micro_batch: int = 4096
     positional_encoding: bool = True
+    blocks: str = "compact"  # set-block arrangement (see EncoderConfig)
+    element_projection: str = "random_features"  # how a chunk element becomes a vector (see EncoderConfig)
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
     layer_statistics: bool = True  # per-layer summaries beside the chunk attention (see EncoderConfig)
     # which summary: "links" ("sets" and baselines.link_summaries), "sets" (baselines.layer_summary) or
     # "statnn" (STATNN's 7 numbers per tensor); "links" beat "sets" on small (two seeds), cross-architecture
-    # and inr (README)
+    # and inr (docs/results.md)
     layer_summary: str = "links"
     probe_summary: bool = True  # what each network computes on data-free probes (see EncoderConfig)
     # each classifier's agreement on the probes with the training networks; off by default: where the test
-    # networks have no consensus (an unseen dataset) it costs R² (README)
+    # networks have no consensus (an unseen dataset) it costs R² (docs/results.md)
     peer_agreement: bool = False
     # standardise the probe and peer numbers by the training networks' spread (pipeline.encoder.InputScaling);
     # off by default: on small it gained 0.003 tau in-distribution and cost 0.03 tau and 0.14 R² on an unseen
-    # dataset (README)
+    # dataset (docs/results.md)
     input_scaling: bool = False
     # a learned vector per training dataset added to the embedding (see EncoderConfig.datasets): +0.042 tau on
-    # small; on an unseen dataset it cost 0.017 tau and 0.14 R², so turn it off for such networks (README)
+    # small; on an unseen dataset it cost 0.017 tau and 0.14 R², so turn it off for such networks (docs/results.md)
     dataset_vectors: bool = True
     # share of training networks per step read as of an unknown dataset (no dataset vector, no peer
-    # agreement), so the encoder also learns to predict networks of a dataset it never saw (README)
+    # agreement), so the encoder also learns to predict networks of a dataset it never saw (docs/results.md)
     context_dropout: float = 0.2
     # optimisation
     loss: str = "mse"
     invariance_weight: float = 0.1
     epochs: int = 10
-    # 16 per worker and Adam 2e-3 (session 17): a laptop run takes few optimiser steps (800 small-zoo
+    # 16 per worker and Adam 2e-3: a laptop run takes few optimiser steps (800 small-zoo
     # networks on 2 workers at 32 made 13 per epoch), and the side inputs' readers were still learning when
     # it ended. Half the batch doubles the steps at the same epoch time. On small, 15 epochs: tau 0.770 (32,
     # 1e-3) -> 0.776 (16) -> 0.783 (16, 2e-3); 30 epochs 0.785 -> 0.793; the demo 0.635 -> 0.700 -> 0.740
-    # (README). 1e-3 had beaten 3e-4 in six of six paired runs before.
+    # (docs/results.md). 1e-3 had beaten 3e-4 in six of six paired runs before.
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -101,6 +106,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ValueError for settings that cannot work together; return self."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.loss not in LOSSES:
@@ -130,6 +137,12 @@ class TrainConfig:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.num_workers < 0 or self.cpus_per_worker <= 0:
             raise ValueError("num_workers must be >= 0 and cpus_per_worker > 0")
+        if self.blocks not in BLOCKS:
+            raise ValueError(f"blocks must be one of {BLOCKS}, got {self.blocks!r}")
+        if self.element_projection not in ELEMENT_PROJECTIONS:
+            raise ValueError(
+                f"element_projection must be one of {ELEMENT_PROJECTIONS}, got {self.element_projection!r}"
+            )
         if self.layer_summary not in LAYER_SUMMARIES:
             raise ValueError(f"layer_summary must be one of {LAYER_SUMMARIES}, got {self.layer_summary!r}")
         if not 0.0 <= self.context_dropout < 1.0:
@@ -141,6 +154,7 @@ class TrainConfig:
 
 # One line of --help per field; a unit test keeps it complete. Defaults are appended from the preset.
 FIELD_HELP = {
+    "preset": "starting point for the config: demo (the extended model, laptop-sized), extended (weights, layer summaries, probes, dataset vectors), weights (weights and layer summaries), paper (the published SNE: weights only), debug (tiny)",
     "zoo": "zoo to learn from: a local folder or s3:// URI in any of the three zoo formats",
     "format": "zoo format: auto (detect), native, smallcnnzoo or modelzoos",
     "steps": "smallcnnzoo only: 'final' (each network's last step) or 'all' (every stored step)",
@@ -159,13 +173,15 @@ FIELD_HELP = {
     "tracking_uri": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite at runs/mlflow.db in the checkout)",
     "chunk_size": "values per chunk (C): each layer is padded and cut into chunks of this many values",
     "normalize": f"weight scaling before chunking: {', '.join(NORMALIZATIONS)} (fan_in multiplies by sqrt(fan_in))",
-    "hidden": "width of every attention block; 64 costs twice the time of 32 for no clear gain (see README)",
+    "hidden": "width of every attention block (D); 64 costs about twice the time of 32",
     "heads": "attention heads (must divide --hidden)",
     "inducing_points": "inducing points of the layer encoder's induced set attention",
     "chunk_micro_batch": "chunks encoded at once: peak memory follows this, not the network's size",
+    "blocks": "set-block arrangement: paper (two SABs per stage, SABs over a layer's chunks) or compact (fewer blocks, induced attention over a layer's chunks: linear in its size)",
+    "element_projection": "how a chunk element becomes a vector: linear, or random_features (an MLP whose first layer starts as random features, so a weight's magnitude survives the first LayerNorm)",
     "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
     "embedding_norm": "batch-standardise the network embedding before the head",
-    "layer_statistics": "add a summary of each layer to its vector (off: the paper's SNE)",
+    "layer_statistics": "add a summary of each layer's values to its vector (an addition to the paper's SNE; --preset paper turns it off)",
     "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
     "probe_summary": "add what each network computes on fixed data-free noise inputs to its embedding (off: weights only)",
     "peer_agreement": "add how far each classifier agrees on those inputs with the training networks of its dataset",
@@ -189,18 +205,43 @@ FIELD_HELP = {
 }
 
 
-# Named presets: functions, so each call returns a fresh config.
+# Named presets: functions, so each call returns a fresh config (docs/model.md says what each reads).
 def demo() -> TrainConfig:
-    """The embedded default: the demo zoo on a 2-core laptop."""
+    """The embedded default: the extended model on the demo zoo, sized for a 2-core laptop."""
     return TrainConfig()
+
+
+def extended() -> TrainConfig:
+    """SNE plus what the project adds: per-layer summaries, probes of each network's function, dataset vectors."""
+    return TrainConfig(preset="extended")
+
+
+def weights() -> TrainConfig:
+    """The extended model reading weights only: the per-layer summaries stay, probes and dataset vectors go."""
+    return TrainConfig(preset="weights", probe_summary=False, dataset_vectors=False, context_dropout=0.0)
 
 
 def debug() -> TrainConfig:
     """Tiny and fast: for tests and smoke runs."""
-    return TrainConfig(hidden=16, heads=2, inducing_points=4, epochs=2, batch_size=8, num_workers=2)
+    return TrainConfig(
+        preset="debug", hidden=16, heads=2, inducing_points=4, epochs=2, batch_size=8, num_workers=2
+    )
 
 
-PRESETS = {"demo": demo, "debug": debug}
+def paper() -> TrainConfig:
+    """The paper's SNE: weights only, nothing read beside them."""
+    return TrainConfig(
+        preset="paper",
+        blocks="paper",
+        probe_summary=False,
+        layer_statistics=False,
+        dataset_vectors=False,
+        peer_agreement=False,
+        context_dropout=0.0,
+    )
+
+
+PRESETS = {"demo": demo, "extended": extended, "weights": weights, "paper": paper, "debug": debug}
 
 
 def _coerce(name: str, hint, value):
@@ -270,7 +311,7 @@ def add_arguments(
     hints = typing.get_type_hints(TrainConfig)
     shown = shown or demo()
     for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
+        if f.name in skip or f.name == "preset":  # --preset is added below, as a choice
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(shown, f.name)
@@ -286,13 +327,11 @@ def add_arguments(
             )
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=text)
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="demo", help="starting point for the config"
-    )
+    parser.add_argument("--preset", choices=list(PRESETS), default="demo", help=FIELD_HELP["preset"])
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
     """The config a parsed command line asks for: preset, then every flag that was given."""
     hints = typing.get_type_hints(TrainConfig)
-    given = {k: v for k, v in vars(args).items() if k in hints and v is not None}
+    given = {k: v for k, v in vars(args).items() if k in hints and k != "preset" and v is not None}
     return from_dict(given, PRESETS[args.preset]())

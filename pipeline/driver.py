@@ -347,7 +347,7 @@ def run_training(
         final[f"test_kendall_tau/{r['subset'].replace('=', '/')}"] = r["kendall_tau"]
     # The same encoder scored on the networks it was fitted on: beside the test scores this tells
     # underfitting (both poor: more capacity or steps may help) from overfitting (train far ahead: more
-    # networks or regularisation may). On the inr zoo SNE stays far from fitting its own networks (README).
+    # networks or regularisation may). On the inr zoo SNE stays far from fitting its own networks (docs/results.md).
     fitted = predict_records(
         encoder, datasets["train"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
     )

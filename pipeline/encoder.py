@@ -25,6 +25,8 @@ from pipeline.collate import LAYER_STATISTICS
 from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
 OUTPUTS = ("linear", "sigmoid")
+BLOCKS = ("paper", "compact")
+ELEMENT_PROJECTIONS = ("linear", "random_features")
 # EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
 LAYER_SUMMARIES = {
     "sets": (("layer_summary",), LAYER_SUMMARY),
@@ -46,6 +48,15 @@ class EncoderConfig:
     checkpoint_chunks: bool = True  # recompute micro-batches in backward so training memory stays bounded
     positional_encoding: bool = True  # layer-type + depth encodings; False is the paper's ablation
     head_hidden: int = 64
+    # "paper": the published arrangement (docs/model.md): two SABs in every set-to-set stage, SABs over a
+    # layer's chunks. "compact": one SAB after the chunk encodings and in the merge and network stages, an
+    # induced set attention over a layer's chunks (linear in their count, so a big layer fits in memory).
+    blocks: str = "compact"
+    # How a chunk element (a scalar weight or a k*k kernel) becomes a D-vector: "linear", or
+    # "random_features" (Linear → GELU → Linear, the first initialised as random features), which keeps an
+    # element's magnitude through the first LayerNorm: validation tau 0.649 against 0.622 for "linear" over
+    # three seeds on a Small CNN Zoo layout zoo (docs/model.md).
+    element_projection: str = "random_features"
     # Batch-standardise the embedding before the head. Each pooling stage averages many elements, so at
     # initialisation the embeddings of different networks differ by ~1e-3 of their norm (measured on the small
     # zoo; ~1e-4 on tiny MLPs) and the head sees nearly one point; standardising across the batch restores
@@ -55,7 +66,7 @@ class EncoderConfig:
     # the paper's SNE: attention over chunks learns such moments slowly from ~1,000 networks, and they carry
     # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
     # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
-    # tensor) as features for trees on both our zoos (jobs/zoo_ceiling.py) and inside SNE (README); "statnn"
+    # tensor) as features for trees on both our zoos (jobs/zoo_ceiling.py) and inside SNE (docs/results.md); "statnn"
     # reads encoders exported before "sets" existed. "links" (the default) adds to "sets" each layer's
     # link_summaries: how its units' gains chain with the layers around it, which no layer on its own
     # shows. All are permutation-invariant, so a network and its permuted copy share them and logit
@@ -64,18 +75,18 @@ class EncoderConfig:
     layer_summary: str = "links"
     # Add an MLP of the network's probe vector (pipeline.probes: what it computes on fixed data-free noise
     # inputs) to the network embedding. Our addition, not the paper's: the function fixes most of what SNE
-    # predicts, and reading it off weight statistics takes more training networks than a zoo has (README).
+    # predicts, and reading it off weight statistics takes more training networks than a zoo has (docs/results.md).
     # Networks without a probe (no runnable architecture) add nothing; a function-preserving permutation
     # keeps the probe, so logit invariance still acts on the weight path.
     probe_summary: bool = True
     # Add an MLP of each classifier's agreement on those probes with the training networks of its dataset
     # (pipeline.probes.PeerConsensus; the records' "peer" column). Absent (no probabilities, a dataset
     # no training network had) adds nothing. Off by default: where the test networks have none (an unseen
-    # dataset) it costs R² even with training's context dropout (README: cross-dataset R² 0.61 -> 0.44).
+    # dataset) it costs R² even with training's context dropout (docs/results.md: cross-dataset R² 0.61 -> 0.44).
     peer_agreement: bool = False
     # The datasets of the training networks, sorted. Each gets a learned vector added to the embedding: what
     # networks trained for that task tend to reach, which no weight or probe shows on its own (on small,
-    # trees on the probe and peer numbers rank test accuracy at tau 0.78, and 0.80 told the dataset; README).
+    # trees on the probe and peer numbers rank test accuracy at tau 0.78, and 0.80 told the dataset; docs/results.md).
     # Networks of any other dataset, or hidden in training (dataset_present 0), get the vector of an unknown
     # one. Empty: no dataset is read (the paper's SNE; encoders exported before it).
     datasets: tuple[str, ...] = ()
@@ -99,6 +110,12 @@ class EncoderConfig:
                 )
         if self.hidden % self.heads or self.hidden % 4:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads}) and of 4")
+        if self.blocks not in BLOCKS:
+            raise ValueError(f"blocks must be one of {BLOCKS}, got {self.blocks!r}")
+        if self.element_projection not in ELEMENT_PROJECTIONS:
+            raise ValueError(
+                f"element_projection must be one of {ELEMENT_PROJECTIONS}, got {self.element_projection!r}"
+            )
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.layer_summary not in LAYER_SUMMARIES:
@@ -114,7 +131,7 @@ class InputScaling(nn.Module):
     from 0.01 to 1.5 after asinh, and a head fits so unequal inputs slowly: an MLP on the probe and peer
     numbers and the dataset reached tau 0.76 on small's test networks in 15 epochs unscaled, 0.80 scaled.
     In SNE on small it gained only 0.003 tau and cost 0.03 on an unseen dataset, so training sets it only
-    when asked (--input-scaling; README). The statistics are set once before training (``set``, from
+    when asked (--input-scaling; docs/results.md). The statistics are set once before training (``set``, from
     ``statistics`` of the training networks) and kept as buffers, so an exported encoder reads new networks
     alike; until set it is asinh alone (as encoders exported before it read their inputs, but for the
     clip). The clip keeps a diverged network bounded where a feature barely varied in training.
@@ -348,21 +365,25 @@ class SegmentMAB(nn.Module):
 class ChunkEncoder(nn.Module):
     """One chunk (C elements of up to max_element_size scalars) → one vector.
 
-    project (a 2-layer MLP per element) → SAB → SAB → + layer-type and depth encodings → SAB → PMA.
+    project → SAB → SAB → + layer-type and depth encodings → SAB (→ SAB with blocks "paper") → PMA.
     """
 
     def __init__(self, cfg: EncoderConfig, max_element_size: int) -> None:
         super().__init__()
         self.max_element_size = max_element_size
-        # Element projection Linear → GELU → Linear, initialised as random features with kinks spread over
-        # the typical range of (fan-in normalised) weights: a homogeneous projection would let the first
-        # LayerNorm divide out each element's magnitude, and weight scale is much of what tells checkpoints
-        # apart (measured on MLPs of different scales: 2.5x the spread between checkpoints after projection).
         self.project = nn.Linear(max_element_size, cfg.hidden)
-        nn.init.normal_(self.project.weight)
-        nn.init.uniform_(self.project.bias, -2.0, 2.0)
-        self.project_out = nn.Linear(cfg.hidden, cfg.hidden)
+        if cfg.element_projection == "linear":
+            self.project_out = None
+        else:
+            # Linear → GELU → Linear, initialised as random features with kinks spread over the typical
+            # range of (fan-in normalised) weights: a homogeneous projection would let the first LayerNorm
+            # divide out each element's magnitude, and weight scale is much of what tells checkpoints apart
+            # (measured on MLPs of different scales: 2.5x the spread between checkpoints after projection).
+            nn.init.normal_(self.project.weight)
+            nn.init.uniform_(self.project.bias, -2.0, 2.0)
+            self.project_out = nn.Linear(cfg.hidden, cfg.hidden)
         self.sab1, self.sab2, self.sab3 = (SAB(cfg.hidden, cfg.heads) for _ in range(3))
+        self.sab4 = SAB(cfg.hidden, cfg.heads) if cfg.blocks == "paper" else None
         self.pma = PMA(cfg.hidden, cfg.heads)
 
     def forward(
@@ -390,11 +411,59 @@ class ChunkEncoder(nn.Module):
         # activations overflowed to NaN a few steps into training).
         chunks = ELEMENT_LIMIT * torch.tanh(chunks / ELEMENT_LIMIT)
         x = F.linear(chunks, self.project.weight[:, :e]) * scale + self.project.bias  # (N, C, D)
-        x = self.project_out(F.gelu(x))
+        if self.project_out is not None:
+            x = self.project_out(F.gelu(x))
         x = self.sab2(self.sab1(x, mask), mask)
         if layer_position is not None:
             x = x + layer_position[layer][:, None, :]
-        return self.pma(self.sab3(x, mask), mask)
+        x = self.sab3(x, mask)
+        if self.sab4 is not None:
+            x = self.sab4(x, mask)
+        return self.pma(x, mask)
+
+
+def dense_sets(
+    values: torch.Tensor, owner: torch.Tensor, valid: torch.Tensor, num_sets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed members (T, D) of ``num_sets`` sets (owner (T,) names each member's set) → a dense padded
+    (S, Kmax, D) tensor and its mask (S, Kmax), with invalid members masked out. Members keep their order."""
+    order = torch.argsort(owner, stable=True)
+    counts = torch.bincount(owner, minlength=num_sets)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(owner)
+    slot[order] = torch.arange(owner.shape[0], device=owner.device) - starts[owner[order]]
+    width = max(int(counts.max()), 1) if owner.numel() else 1
+    dense = values.new_zeros(num_sets, width, values.shape[-1]).index_put((owner, slot), values)
+    mask = torch.zeros(num_sets, width, dtype=torch.bool, device=owner.device)
+    return dense, mask.index_put((owner, slot), valid)
+
+
+class LayerSAB(nn.Module):
+    """Chunk vectors (T, D) of each layer → one vector per layer (Lt, D): SAB → SAB → + depth → PMA.
+
+    The paper's layer encoder: full attention among a layer's chunks, quadratic in their count.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.sab1, self.sab2 = SAB(cfg.hidden, cfg.heads), SAB(cfg.hidden, cfg.heads)
+        self.pma = PMA(cfg.hidden, cfg.heads)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        layer: torch.Tensor,
+        valid: torch.Tensor,
+        depth: torch.Tensor | None,
+        num_layers: int,
+        micro: int,
+        recompute: bool,
+    ) -> torch.Tensor:
+        dense, mask = dense_sets(x, layer, valid, num_layers)  # (Lt, Tmax, D)
+        h = self.sab2(self.sab1(dense, mask), mask)
+        if depth is not None:
+            h = h + depth[:, None, :]
+        return self.pma(h, mask)
 
 
 class LayerPool(nn.Module):
@@ -463,10 +532,15 @@ class SNE(nn.Module):
         d = cfg.hidden
         self.weight_chunks = ChunkEncoder(cfg, cfg.max_element_size)
         self.bias_chunks = ChunkEncoder(cfg, 1)
-        self.weight_layers = LayerPool(cfg)
-        self.bias_layers = LayerPool(cfg)
+        layer_encoder = LayerSAB if cfg.blocks == "paper" else LayerPool
+        self.weight_layers = layer_encoder(cfg)
+        self.bias_layers = layer_encoder(cfg)
         self.merge_sab, self.merge_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
         self.network_sab, self.network_pma = SAB(d, cfg.heads), PMA(d, cfg.heads)
+        # The paper stacks two SABs in the merge and network stages.
+        paper = cfg.blocks == "paper"
+        self.merge_sab2 = SAB(d, cfg.heads) if paper else None
+        self.network_sab2 = SAB(d, cfg.heads) if paper else None
         self.embedding_norm = nn.BatchNorm1d(d) if cfg.embedding_norm else nn.Identity()
         self.statistics = (
             nn.Sequential(nn.Linear(LAYER_SUMMARIES[cfg.layer_summary][1], d), nn.GELU(), nn.Linear(d, d))
@@ -530,7 +604,10 @@ class SNE(nn.Module):
         # Weights and biases of a layer form a set of up to two members, merged by their own set encoder.
         members = torch.stack([v for v, _ in layer_vectors], dim=1)  # (Lt, 2, D)
         member_mask = torch.stack([p for _, p in layer_vectors], dim=1)  # (Lt, 2)
-        layers = self.merge_pma(self.merge_sab(members, member_mask), member_mask)  # (Lt, D)
+        merged = self.merge_sab(members, member_mask)
+        if self.merge_sab2 is not None:
+            merged = self.merge_sab2(merged, member_mask)
+        layers = self.merge_pma(merged, member_mask)  # (Lt, D)
         layer_valid = member_mask[:, 0]  # a layer without real weights is padding
         if depth_code is not None:
             layers = layers + depth_code
@@ -546,17 +623,12 @@ class SNE(nn.Module):
             stats = torch.cat([batch[key] for key in keys], dim=1).to(layers.dtype)
             layers = layers + self.statistics(ELEMENT_LIMIT * torch.tanh(stats / ELEMENT_LIMIT))
 
-        # Scatter the layers of each checkpoint into a dense (B, Lmax, D) set; checkpoints have few layers.
-        order = torch.argsort(owner, stable=True)
-        counts = torch.bincount(owner, minlength=num_checkpoints)
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.empty_like(owner)
-        slot[order] = torch.arange(num_layers, device=owner.device) - starts[owner[order]]
-        dense = layers.new_zeros(num_checkpoints, int(counts.max()), cfg.hidden)
-        dense = dense.index_put((owner, slot), layers)
-        dense_mask = torch.zeros(dense.shape[:2], dtype=torch.bool, device=owner.device)
-        dense_mask = dense_mask.index_put((owner, slot), layer_valid)
-        z = self.network_pma(self.network_sab(dense, dense_mask), dense_mask)
+        # The layers of each checkpoint as a dense (B, Lmax, D) set; checkpoints have few layers.
+        dense, dense_mask = dense_sets(layers, owner, layer_valid, num_checkpoints)
+        h = self.network_sab(dense, dense_mask)
+        if self.network_sab2 is not None:
+            h = self.network_sab2(h, dense_mask)
+        z = self.network_pma(h, dense_mask)
         if self.probe is not None:
             if "probe" not in batch:
                 raise KeyError(

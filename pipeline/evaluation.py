@@ -90,3 +90,34 @@ def save_figure(fig, uri: str, dpi: int) -> str:
     plt.close(fig)
     storage.write_bytes_atomic(uri, buffer.getvalue())
     return uri
+
+
+def run_summary(final: dict, preset: str) -> str:
+    """A training run's test figures (beside STATNN's), its fit on its own training networks, τ per subset,
+    and where its MLflow run and encoder are: what a job prints at the end."""
+    from pipeline.tracking import ui_command
+
+    head = f"test Kendall tau  SNE (preset {preset}): {final['test_kendall_tau']:.3f}"
+    if "statnn_test_kendall_tau" in final:
+        head += f"   STATNN: {final['statnn_test_kendall_tau']:.3f}"
+    head += (
+        f"   (R2 {final['test_r2']:.3f}, MSE {final['test_mse']:.5f}; best val tau "
+        f"{final['best_val_kendall_tau']:.3f} at epoch {final['best_epoch'] + 1})"
+    )
+    lines = [
+        "",
+        head,
+        f"  on its own training networks: tau {final['train_kendall_tau']:.3f}, R2 {final['train_r2']:.3f}, "
+        f"MSE {final['train_mse']:.5f}",
+    ]
+    for row in final["per_subset"][1:]:
+        tau = row["kendall_tau"]
+        lines.append(
+            f"  {row['subset']:<28} n={row['n']:<5} tau={'   n/a' if math.isnan(tau) else f'{tau:6.3f}'}"
+        )
+    lines += [
+        f"MLflow run {final['run_id']} in experiment '{final['experiment']}'; open the UI with:",
+        f"  {ui_command(final['tracking_uri'])}",
+        f"encoder: {final['encoder_uri']}   checkpoint: {final['checkpoint_uri']}",
+    ]
+    return "\n".join(lines)

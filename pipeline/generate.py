@@ -97,28 +97,49 @@ def sample_hyperparameters(rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def plan(preset: str = "demo", seed: int = 0, format: str = "native") -> list[dict[str, Any]]:
-    """The specs of a zoo, deterministic in (preset, seed, format).
+def plan(
+    preset: str = "demo",
+    seed: int = 0,
+    format: str = "native",
+    datasets: tuple[str, ...] = (),
+    count: int | None = None,
+) -> list[dict[str, Any]]:
+    """The specs of a zoo, deterministic in (preset, seed, format, datasets); the first ``count`` of them.
 
-    Spec i depends only on (seed, i, family restriction), so a smaller preset is a prefix of a larger one.
+    Spec i depends only on (seed, i, family and dataset restriction), so a smaller preset or count is a
+    prefix of a larger one. ``datasets`` keeps every network on those datasets (empty: each family's own
+    datasets), as the public Small CNN Zoo holds one dataset per folder.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     config = PRESETS[preset]
+    if count is not None and not 1 <= count <= config.num_checkpoints:
+        raise ValueError(
+            f"count must be between 1 and preset {preset!r}'s {config.num_checkpoints}, got {count}"
+        )
     names = [name for name, _ in config.family_weights]
     weights = np.array([w for _, w in config.family_weights])
     if format in FORMAT_FAMILY:
         if preset == "inr":
             raise ValueError(f"preset 'inr' builds sirens, which format {format!r} cannot hold")
         names, weights = [FORMAT_FAMILY[format]], np.ones(1)
+    for dataset in datasets:
+        if not any(dataset in families.datasets_for(name) for name in names):
+            raise ValueError(
+                f"no family of preset {preset!r} (format {format!r}) trains on dataset {dataset!r}"
+            )
+    if datasets:  # only the families that train on one of them
+        keep = [any(d in families.datasets_for(name) for d in datasets) for name in names]
+        names, weights = [n for n, k in zip(names, keep, strict=True) if k], weights[np.array(keep)]
     specs = []
-    for index in range(config.num_checkpoints):
+    for index in range(config.num_checkpoints if count is None else count):
         sequence = np.random.SeedSequence([seed, index])
         rng = np.random.default_rng(sequence)
         family = str(rng.choice(names, p=weights / weights.sum()))
-        dataset = str(rng.choice(families.datasets_for(family)))
+        choices = [d for d in families.datasets_for(family) if not datasets or d in datasets]
+        dataset = str(rng.choice(choices))
         train_seed = int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
         if family == "siren":
             hyper: dict[str, Any] = {
@@ -453,9 +474,12 @@ def train_shard(zoo_uri: str, shard: dict[str, Any]) -> dict[str, Any]:
 # --- the whole zoo ---------------------------------------------------------------------------------
 
 
-def _plan_record(preset: str, seed: int, format: str, specs: list[dict[str, Any]]) -> dict[str, Any]:
+def _plan_record(
+    preset: str, seed: int, format: str, specs: list[dict[str, Any]], datasets: tuple[str, ...] = ()
+) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()
-    return {"preset": preset, "seed": seed, "format": format, "specs": len(specs), "plan_sha256": digest}
+    record = {"preset": preset, "seed": seed, "format": format, "specs": len(specs), "plan_sha256": digest}
+    return record | ({"datasets": list(datasets)} if datasets else {})
 
 
 def _claim(zoo_uri: str, record: dict[str, Any]) -> None:
@@ -479,13 +503,19 @@ def staging_uri(out_uri: str) -> str:
 
 
 def make_zoo(
-    out_uri: str, preset: str = "demo", format: str = "native", seed: int = 0, num_cpus: int | None = None
+    out_uri: str,
+    preset: str = "demo",
+    format: str = "native",
+    seed: int = 0,
+    num_cpus: int | None = None,
+    datasets: tuple[str, ...] = (),
+    count: int | None = None,
 ) -> dict[str, Any]:
     """Train the zoo of (preset, seed) into ``out_uri`` with Ray tasks; resumes a partial zoo.
 
     ``format`` 'smallcnnzoo' / 'modelzoos' trains only that format's family into ``staging_uri(out)``
     (native, kept for cheap reruns) and then exports it to ``out_uri``. ``num_cpus`` applies only when
-    this call starts a local Ray instance. Returns a summary (counts, seconds, URIs, accuracy spread).
+    this call starts a local Ray instance; ``datasets`` and ``count`` restrict the plan (see ``plan``). Returns a summary (counts, seconds, URIs, accuracy spread).
     """
     from tqdm import tqdm
 
@@ -493,10 +523,10 @@ def make_zoo(
     from pipeline.zoo import native
 
     started = time.perf_counter()
-    specs = plan(preset, seed, format)
+    specs = plan(preset, seed, format, datasets, count)
     shards = shards_of(specs, PRESETS[preset].shard_size)
     train_uri = out_uri if format == "native" else staging_uri(out_uri)
-    _claim(train_uri, _plan_record(preset, seed, format, specs))
+    _claim(train_uri, _plan_record(preset, seed, format, specs, datasets))
     done = native.finished_shards(train_uri)
     todo = [shard for shard in shards if shard["name"] not in done]
     skipped = sum(len(s["specs"]) for s in shards if s["name"] in done)

@@ -179,7 +179,7 @@ def predict_zoo(
     prop = members[0].meta["property"]
     rows, own, rejected = [], [[] for _ in members], []
     # Per network: read without a probe (no runnable architecture) where any member reads probes; without
-    # peer agreement by a member that reads it (README: their level suffers); as of an unknown dataset by a
+    # peer agreement by a member that reads it (docs/results.md: their level suffers); as of an unknown dataset by a
     # member with dataset vectors.
     unprobed, without_peers, unknown_dataset = [], [], []
     reads_probes = any(m.sne.cfg.probe_summary for m in members)

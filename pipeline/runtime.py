@@ -41,3 +41,15 @@ def fail(message: str, code: int = 2) -> None:
     """Exit a job with a one-line error (no traceback) for problems the user can fix."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def ensure_demo_zoo(zoo: str) -> None:
+    """Build the embedded demo zoo on first use when ``zoo`` is it; make_zoo resumes a partial one and
+    returns in about a second when it is complete."""
+    from pipeline.config import TrainConfig
+
+    if zoo == TrainConfig().zoo:
+        from pipeline.generate import make_zoo
+
+        print(f"demo zoo: {zoo} (built on first use: a few minutes, once)")
+        make_zoo(zoo, preset="demo", seed=0)

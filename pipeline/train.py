@@ -49,6 +49,8 @@ def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> Encod
         inducing_points=config.inducing_points,
         chunk_micro_batch=config.chunk_micro_batch,
         positional_encoding=config.positional_encoding,
+        blocks=config.blocks,
+        element_projection=config.element_projection,
         embedding_norm=config.embedding_norm,
         layer_statistics=config.layer_statistics,
         layer_summary=config.layer_summary,
@@ -88,7 +90,7 @@ def hide_dataset_context(batch: dict, b: int, share: float, rng: np.random.Gener
     agreement.
 
     Networks of a dataset no training network had reach the encoder so; trained with the peer agreement
-    on every network, the encoder had learnt its offsets with it and misjudged their level (README).
+    on every network, the encoder had learnt its offsets with it and misjudged their level (docs/results.md).
     """
     keep = torch.from_numpy(rng.random(b) >= share)
     for key in ("peer_present", "dataset_present"):

@@ -30,7 +30,7 @@ TRIAL_DRIVER_CPUS = 0.25
 @dataclass
 class SweepSpec:
     # Defaults sized for the `small` zoo on a 2-core laptop: 6 trials, two at a time, ASHA halving from
-    # epoch 2. Measured: 34.6 min on 2 cores, chunk-record preparation included (README). On a cluster,
+    # epoch 2. Measured: 34.6 min on 2 cores, chunk-record preparation included (docs/results.md). On a cluster,
     # widen it: --chunk-sizes 8,16,32,64 --invariance-weights 0,0.01,0.1,1 --max-epochs 30.
     chunk_sizes: tuple[int, ...] = (8, 16, 32)
     invariance_weights: tuple[float, ...] = (0.0, 0.1)

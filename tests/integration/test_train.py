@@ -1,5 +1,6 @@
 """Ray Train on a real (tiny) zoo through the S3 server, with MLflow logging, resume and prediction."""
 
+import dataclasses
 import json
 import math
 
@@ -170,3 +171,30 @@ def _artifact_table(final: dict, name: str, tmp_path) -> dict[str, dict]:
     path = tracking.download_artifacts(final["tracking_uri"], final["run_id"], name, str(tmp_path))
     with open(path) as f:
         return {row["id"]: row for row in csv.DictReader(f)}
+
+
+def test_paper_preset_trains_on_weights_alone_and_is_recorded(tiny_zoo, tmp_path):
+    """`--preset paper` through Ray Train (two DDP workers): the published blocks, no side input, and MLflow
+    records the preset and each switch."""
+    from pipeline.config import paper
+
+    base = dataclasses.replace(paper(), hidden=16, heads=2, batch_size=8)
+    config = from_dict(
+        {
+            "zoo": f"{tiny_zoo}/zoo",
+            "storage": f"{tiny_zoo}/runs",
+            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "epochs": 2,
+            "statnn": False,
+        },
+        base,
+    )
+    final = run_training(config, log=lambda _: None)
+    assert math.isfinite(final["test_kendall_tau"])
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(final["tracking_uri"]).get_run(final["run_id"]).data.params
+    assert params["preset"] == "paper" and params["blocks"] == "paper"
+    assert params["probe_summary"] == params["layer_statistics"] == params["dataset_vectors"] == "False"
+    encoder, meta = load_encoder(final["encoder_uri"])
+    assert encoder.cfg.blocks == "paper" and encoder.probe is None and encoder.dataset_vectors is None

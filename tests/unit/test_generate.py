@@ -89,6 +89,22 @@ def test_public_formats_restrict_the_family():
         generate.plan("demo", format="tfrecords")
 
 
+def test_a_zoo_of_one_dataset_and_a_given_count():
+    """The public Small CNN Zoo holds one dataset per folder: --datasets keeps every network on it."""
+    specs = generate.plan("small", seed=3, format="smallcnnzoo", datasets=("digits",), count=40)
+    assert len(specs) == 40 and {(s["family"], s["dataset"]) for s in specs} == {("smallcnn", "digits")}
+    # A smaller count is a prefix of a larger one.
+    assert specs[:10] == generate.plan("small", seed=3, format="smallcnnzoo", datasets=("digits",), count=10)
+    mixed = generate.plan("demo", datasets=("mnist1d",))
+    assert {s["dataset"] for s in mixed} == {"mnist1d"} and {s["family"] for s in mixed} <= {"mlp", "cnn"}
+    with pytest.raises(ValueError, match="trains on dataset 'mnist1d'"):
+        generate.plan("demo", format="smallcnnzoo", datasets=("mnist1d",))
+    with pytest.raises(ValueError, match="trains on dataset 'cifar'"):
+        generate.plan("demo", datasets=("cifar",))
+    with pytest.raises(ValueError, match="count must be between 1 and"):
+        generate.plan("demo", count=301)
+
+
 def test_shards_group_consecutive_specs():
     shards = generate.shards_of(generate.plan("demo"), 16)
     assert [s["name"] for s in shards[:2]] == ["shard-00000", "shard-00001"]

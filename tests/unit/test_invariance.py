@@ -185,3 +185,40 @@ def test_training_with_logit_invariance_makes_the_encoder_less_sensitive_to_perm
     finally:
         torch.set_num_threads(threads)
     assert with_invariance < 0.5 * without, (with_invariance, without)
+
+
+@pytest.mark.parametrize("chunk_size, invariant", [(8, True), (4, False)])
+def test_the_encoder_is_invariant_by_construction_when_each_row_is_one_chunk(chunk_size, invariant):
+    """Chunks hold a layer's weights output unit by output unit. With the chunk size equal to every row's
+    length (8 inputs per unit here), a hidden-unit permutation only reorders chunks and the elements inside
+    them, both sets: the untrained encoder already gives the permuted copy the same prediction, and the
+    logit-invariance loss has nothing to act on. With rows split across chunks it does."""
+    from pipeline.collate import collate_chunk_records
+    from pipeline.config import paper
+    from pipeline.train import build_encoder
+
+    rng = np.random.default_rng(0)
+    layers = [
+        Layer(
+            "0",
+            "conv2d",
+            rng.normal(size=(8, 1, 3, 3)).astype(np.float32),
+            rng.normal(size=8).astype(np.float32),
+        ),
+        Layer(
+            "1",
+            "conv2d",
+            rng.normal(size=(8, 8, 3, 3)).astype(np.float32),
+            rng.normal(size=8).astype(np.float32),
+        ),
+        Layer(
+            "2", "linear", rng.normal(size=(10, 8)).astype(np.float32), rng.normal(size=10).astype(np.float32)
+        ),
+    ]
+    record = chunk_checkpoint(Checkpoint("n", "cnn", "digits", layers, {"test_accuracy": 0.5}), chunk_size)
+    copies = [permute_record(record, np.random.default_rng(s)) for s in range(4)]
+    encoder = build_encoder(paper()).eval()
+    with torch.no_grad():
+        z = encoder.embed(collate_chunk_records([record, *copies]))
+    gap = float((z[1:] - z[0]).norm(dim=1).max() / z[0].norm())  # relative change of the embedding
+    assert (gap < 1e-5) if invariant else (gap > 1e-4), gap

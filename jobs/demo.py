@@ -1,0 +1,60 @@
+"""The embedded demo: the extended model and the paper's SNE on the demo zoo, side by side with STATNN.
+
+Builds the demo zoo on first use, trains the `demo` preset (weights, layer summaries, probes, dataset
+vectors) and the `paper` preset (the published SNE: weights only) on the same split, and prints their
+test Kendall tau beside STATNN's (gradient-boosted trees on 7 statistics per tensor).
+
+    python jobs/demo.py [--epochs N] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from pipeline import config as cfg
+from pipeline import storage
+from pipeline.evaluation import run_summary
+from pipeline.runtime import ensure_demo_zoo, fail, start_ray
+from pipeline.zoo import ZooError
+
+READS = {"demo": "weights, layer summaries, probes, dataset vectors", "paper": "weights only"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, help="epochs of each SNE run (default: each preset's)")
+    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    p.add_argument("--json", help="write both runs' final metrics here as JSON")
+    args = p.parse_args()
+
+    start_ray(args.num_cpus)
+    ensure_demo_zoo(cfg.TrainConfig().zoo)
+    from pipeline.driver import run_training
+
+    finals = {}
+    for preset in READS:
+        config = cfg.PRESETS[preset]()
+        if args.epochs:
+            config = dataclasses.replace(config, epochs=args.epochs).validate()
+
+        print(f"\n=== SNE, preset {preset} ({READS[preset]}) ===")
+        try:
+            finals[preset] = run_training(config)
+        except (ZooError, ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        print(run_summary(finals[preset], preset))
+
+    print("\nmodel (same split, test networks)           test tau     R2")
+    for preset, final in finals.items():
+        label = f"SNE, preset {preset} ({READS[preset]})"
+        print(f"{label:<44} {final['test_kendall_tau']:8.3f} {final['test_r2']:7.3f}")
+    statnn = finals["paper"]
+    label = "STATNN (trees on 7 statistics per tensor)"
+    print(f"{label:<44} {statnn['statnn_test_kendall_tau']:8.3f} {statnn['statnn_test_r2']:7.3f}")
+    if args.json:
+        storage.write_json(args.json, finals)
+
+
+if __name__ == "__main__":
+    main()
