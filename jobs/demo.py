@@ -45,13 +45,19 @@ def main() -> None:
             fail(str(e))
         print(run_summary(finals[preset], preset))
 
-    print("\nmodel (same split, test networks)           test tau     R2")
-    for preset, final in finals.items():
-        label = f"SNE, preset {preset} ({READS[preset]})"
-        print(f"{label:<44} {final['test_kendall_tau']:8.3f} {final['test_r2']:7.3f}")
     statnn = finals["paper"]
-    label = "STATNN (trees on 7 statistics per tensor)"
-    print(f"{label:<44} {statnn['statnn_test_kendall_tau']:8.3f} {statnn['statnn_test_r2']:7.3f}")
+    rows = [(f"SNE, preset {p} ({READS[p]})", f["test_kendall_tau"], f["test_r2"]) for p, f in finals.items()]
+    rows.append(
+        (
+            "STATNN (trees on 7 statistics per tensor)",
+            statnn["statnn_test_kendall_tau"],
+            statnn["statnn_test_r2"],
+        )
+    )
+    width = max(len(label) for label, _, _ in rows)
+    print(f"\n{'model (same split, test networks)':<{width}}  test tau      R2")
+    for label, tau, r2 in rows:
+        print(f"{label:<{width}}  {tau:8.3f} {r2:7.3f}")
     if args.json:
         storage.write_json(args.json, finals)
 
