@@ -196,5 +196,5 @@ def test_paper_preset_trains_on_weights_alone_and_is_recorded(tiny_zoo, tmp_path
     params = MlflowClient(final["tracking_uri"]).get_run(final["run_id"]).data.params
     assert params["preset"] == "paper" and params["blocks"] == "paper"
     assert params["probe_summary"] == params["layer_statistics"] == params["dataset_vectors"] == "False"
-    encoder, meta = load_encoder(final["encoder_uri"])
+    encoder, _ = load_encoder(final["run_id"], final["tracking_uri"])
     assert encoder.cfg.blocks == "paper" and encoder.probe is None and encoder.dataset_vectors is None
