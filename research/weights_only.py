@@ -2,7 +2,8 @@
 
 Reads a zoo's final checkpoints, chunks them without probes, makes the random task's split (the same
 assignment jobs/train.py makes), trains the encoder with pipeline.train's own train step for the given
-config, selects the epoch on validation τ, scores the test split once, and fits STATNN on the same split.
+config, selects the epoch on validation τ, scores the test split once, and fits STATNN on the same training
+networks.
 Prints one JSON line per run, so several seeds and settings can be compared side by side.
 
     python research/weights_only.py --zoo data/cnnzoo-digits --preset paper --seeds 0,1,2

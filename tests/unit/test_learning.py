@@ -16,7 +16,14 @@ from pipeline.chunking import chunk_checkpoint
 from pipeline.config import from_dict, paper
 from pipeline.evaluation import regression_metrics
 from pipeline.generate import plan, train_checkpoint
-from pipeline.train import TargetScaler, build_encoder, collate, lr_factor, train_step
+from pipeline.train import (
+    TargetScaler,
+    build_encoder,
+    collate,
+    lr_factor,
+    recalibrate_embedding_norm,
+    train_step,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,12 +52,9 @@ def _fit_own_networks(records: list[dict], overrides: dict, steps: int = 120) ->
         order = rng.permutation(len(records))[: config.batch_size]
         train_step(encoder, optimizer, [records[i] for i in order], config, scaler, rng)
         scheduler.step()
+    recalibrate_embedding_norm(encoder, [records], config)  # as training does before each evaluation
     encoder.eval()
     with torch.no_grad():
-        # Evaluation reads the embedding norm's statistics of the whole set, as recalibration does.
-        encoder.train()
-        encoder(collate(records, config))
-        encoder.eval()
         pred = scaler.decode(encoder(collate(records, config))).numpy()
     return regression_metrics(pred, target)
 
