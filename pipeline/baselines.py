@@ -4,7 +4,7 @@ For every weight and bias tensor in computation order: mean, standard deviation 
 0/25/50/75/100 percentiles (7 numbers). Mixed zoos have different tensor counts, so the feature
 vector is padded with NaN to the longest network in the batch; the trees treat NaN as missing.
 ``layer_summary`` is a richer per-layer summary: an SNE layer input (collate) and, through
-``layer_set_features``, features for trees in jobs/zoo_ceiling.py. ``link_summaries`` adds what no
+``layer_set_features``, features for trees in research/zoo_ceiling.py. ``link_summaries`` adds what no
 single layer shows: how the gains of its units chain with the layers below and above. SNE's default
 layer input ("links") is both.
 """
@@ -55,7 +55,7 @@ def layer_summary(weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndar
     None of these changes when the layer's units are permuted, and none links a unit to the next
     layer's weights for it. RMS keeps layers of different widths on one scale, and the sizes say what
     the RMS leaves out: on the small zoo, trees on this summary without the sizes fall from test tau
-    0.59 (with norms, which carry the width) to 0.53 (jobs/zoo_ceiling.py).
+    0.59 (with norms, which carry the width) to 0.53 (research/zoo_ceiling.py).
     """
     w = np.asarray(weight, dtype=np.float64)
     w = w.reshape(w.shape[0], w.shape[1] if w.ndim > 1 else 1, -1)  # (out, in, kernel elements)

@@ -66,7 +66,7 @@ class EncoderConfig:
     # the paper's SNE: attention over chunks learns such moments slowly from ~1,000 networks, and they carry
     # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
     # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
-    # tensor) as features for trees on both our zoos (jobs/zoo_ceiling.py) and inside SNE (docs/results.md); "statnn"
+    # tensor) as features for trees on both our zoos (research/zoo_ceiling.py) and inside SNE (docs/results.md); "statnn"
     # reads encoders exported before "sets" existed. "links" (the default) adds to "sets" each layer's
     # link_summaries: how its units' gains chain with the layers around it, which no layer on its own
     # shows. All are permutation-invariant, so a network and its permuted copy share them and logit

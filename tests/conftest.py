@@ -196,8 +196,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_job(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # A bare name is a job (jobs/); a research script is named with its folder (research/zoo_ceiling.py).
+    path = os.path.join(REPO, script if "/" in script else os.path.join("jobs", script))
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "jobs", script), *args],
+        [sys.executable, path, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -207,7 +209,8 @@ def _run_job(script: str, *args: str, timeout: float = 300) -> subprocess.Comple
 
 @pytest.fixture
 def run_job():
-    """Runs ``python jobs/<script> *args`` from the repository root, as a user would; output captured."""
+    """Runs ``python jobs/<script> *args`` (or ``python <folder>/<script>``) from the repository root, as a
+    user would; output captured."""
     return _run_job
 
 

@@ -1,4 +1,4 @@
-"""jobs/benchmark_collate.py on chunk records written as prepare writes them."""
+"""research/benchmark_collate.py on chunk records written as prepare writes them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_collate_benchmark_times_both_summaries_on_prepared_records(tmp_path, ru
     )
 
     done = run_job(
-        "benchmark_collate.py",
+        "research/benchmark_collate.py",
         "--records",
         str(tmp_path),
         "--batch-size",
@@ -37,5 +37,5 @@ def test_collate_benchmark_times_both_summaries_on_prepared_records(tmp_path, ru
 
 
 def test_collate_benchmark_says_when_the_folder_holds_no_records(tmp_path, run_job):
-    done = run_job("benchmark_collate.py", "--records", str(tmp_path))
+    done = run_job("research/benchmark_collate.py", "--records", str(tmp_path))
     assert done.returncode != 0 and "no records/*.parquet" in done.stderr and "jobs/prepare.py" in done.stderr

@@ -1,4 +1,4 @@
-"""jobs/benchmark_fit.py on chunk records written as prepare writes them."""
+"""research/benchmark_fit.py on chunk records written as prepare writes them."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_fit_benchmark_scores_sne_and_the_summary_learners_on_both_splits(
     out = tmp_path / "fit.json"
 
     done = run_job(
-        "benchmark_fit.py",
+        "research/benchmark_fit.py",
         "--records",
         str(tmp_path),
         "--epochs",
@@ -53,16 +53,16 @@ def test_fit_benchmark_scores_sne_and_the_summary_learners_on_both_splits(
 
 def test_fit_benchmark_says_which_property_is_missing(tmp_path, run_job, checkpoint_factory):
     _write_records(tmp_path, [checkpoint_factory(i) for i in range(8)])
-    done = run_job("benchmark_fit.py", "--records", str(tmp_path), "--property", "frequency")
+    done = run_job("research/benchmark_fit.py", "--records", str(tmp_path), "--property", "frequency")
     assert done.returncode != 0 and "lack property 'frequency'" in done.stderr
 
 
 def test_fit_benchmark_refuses_too_few_networks(tmp_path, run_job, checkpoint_factory):
     _write_records(tmp_path, [checkpoint_factory(i) for i in range(8)])
-    done = run_job("benchmark_fit.py", "--records", str(tmp_path), "--n-train", "1")
+    done = run_job("research/benchmark_fit.py", "--records", str(tmp_path), "--n-train", "1")
     assert done.returncode != 0 and "need at least 2 training and 2 validation networks, got 1" in done.stderr
 
 
 def test_fit_benchmark_says_when_the_folder_holds_no_records(tmp_path, run_job):
-    done = run_job("benchmark_fit.py", "--records", str(tmp_path))
+    done = run_job("research/benchmark_fit.py", "--records", str(tmp_path))
     assert done.returncode != 0 and "no records/*.parquet" in done.stderr and "jobs/prepare.py" in done.stderr

@@ -175,7 +175,7 @@ def test_siren_fits_its_sine_wave():
     assert [tuple(layer.weight.shape) for layer in checkpoint.layers] == [(32, 1), (32, 32), (1, 32)]
     assert validate(checkpoint) is None
     # The network's own output gives its wave back, to within what an MSE of 1e-4 leaves unsaid
-    # (what jobs/zoo_ceiling.py reads as a floor).
+    # (what research/zoo_ceiling.py reads as a floor).
     frequency, amplitude = generate.fitted_sine(families.module_from_checkpoint(checkpoint))
     assert abs(frequency - hyper["frequency"]) < 0.01 * hyper["frequency"]
     assert abs(amplitude - hyper["amplitude"]) < 0.01 * hyper["amplitude"]

@@ -1,4 +1,4 @@
-"""jobs/zoo_ceiling.py end to end on a small written zoo: its figures, learning curve and plot."""
+"""research/zoo_ceiling.py end to end on a small written zoo: its figures, learning curve and plot."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def test_ceiling_job_scores_feature_sets_and_scores_its_learning_curve_on_the_fi
 ):
     checkpoints = _zoo(tmp_path / "zoo")
     out, plot = tmp_path / "ceiling.json", tmp_path / "ceiling.png"
-    done = run_job("zoo_ceiling.py", "--zoo", str(tmp_path / "zoo"), "--json", str(out), "--plot", str(plot))
+    done = run_job(
+        "research/zoo_ceiling.py", "--zoo", str(tmp_path / "zoo"), "--json", str(out), "--plot", str(plot)
+    )
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     assert figures["networks"] == 200

@@ -5,7 +5,7 @@ prepared chunk records (the folder `jobs/prepare.py` printed, or the `chunk_reco
 `jobs/train.py --json` output) and times `collate_chunk_records` over the same batches without
 and with the links summary, after one untimed pass.
 
-    python jobs/benchmark_collate.py --records runs/chunk-records/<fingerprint>-c16-v3
+    python research/benchmark_collate.py --records runs/chunk-records/<fingerprint>-c16-v3
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For each zoo: the raw read of the same bytes in one process (every file of the z
 the I/O limit), then prepare into a fresh output; prints checkpoints/s, MB/s, their ratio, and the
 peak resident memory of the driver plus all Ray worker processes (sampled every 0.2 s).
 
-    python jobs/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--stage-to s3://...]
+    python research/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--stage-to s3://...]
                                      [--json PATH]
 """
 

@@ -18,9 +18,9 @@ Then a learning curve: the same tree fits on a quarter, a half and all of the ot
 the zoo (400 / 800 / 1,600 networks of a 2,000-network zoo), scored on the held-out fifth that
 `jobs/train.py --test-fraction 0.2` tests on.
 
-    python jobs/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH] [--plot PNG]
-    python jobs/zoo_ceiling.py --zoo data/inr-zoo --property frequency
-    python jobs/zoo_ceiling.py --zoo data/small-zoo --task cross-architecture \
+    python research/zoo_ceiling.py --zoo data/small-zoo [--property test_accuracy] [--json PATH] [--plot PNG]
+    python research/zoo_ceiling.py --zoo data/inr-zoo --property frequency
+    python research/zoo_ceiling.py --zoo data/small-zoo --task cross-architecture \
         --train-families smallcnn,cnn,mlp --test-families cnn-s
 
 A cross task uses jobs/train.py's split for the same flags (and has no learning curve).

@@ -10,7 +10,7 @@ jobs/train.py adds). An SNE far behind
 the MLP on its training networks underfits; the validation columns say whether that costs it
 anything, or whether the chunk encoder reads no more than the summaries already hold.
 
-    python jobs/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v3 --property frequency
+    python research/benchmark_fit.py --records runs/chunk-records/<fingerprint>-c16-v3 --property frequency
 """
 
 from __future__ import annotations
