@@ -432,7 +432,7 @@ def dense_sets(
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.empty_like(owner)
     slot[order] = torch.arange(owner.shape[0], device=owner.device) - starts[owner[order]]
-    width = max(int(counts.max()), 1) if owner.numel() else 1
+    width = max(int(counts.max()), 1) if counts.numel() else 1  # no sets at all: one padded slot
     dense = values.new_zeros(num_sets, width, values.shape[-1]).index_put((owner, slot), values)
     mask = torch.zeros(num_sets, width, dtype=torch.bool, device=owner.device)
     return dense, mask.index_put((owner, slot), valid)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,6 +213,32 @@ def lr_factor(step: int, total_steps: int, schedule: str) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_in_process(
+    encoder: torch.nn.Module,
+    records: list[dict],
+    config: TrainConfig,
+    scaler: TargetScaler,
+    rng: np.random.Generator,
+) -> Iterator[list[dict]]:
+    """Train ``encoder`` on ``records`` in this process, as one Ray Train worker would (Adam, the learning-rate
+    schedule, a fresh order each epoch, train_step); yields each epoch's task-loss values once the embedding
+    norm is recalibrated, so the caller evaluates between epochs. For lab scripts and benchmarks."""
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * math.ceil(len(records) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, config.lr_schedule)
+    )
+    for _ in range(config.epochs):
+        order, calibration, losses = rng.permutation(len(records)), [], []
+        for s in range(0, len(order), config.batch_size):
+            batch = [records[i] for i in order[s : s + config.batch_size]]
+            losses.append(train_step(encoder, optimizer, batch, config, scaler, rng))
+            scheduler.step()
+            keep_for_calibration(calibration, batch)
+        recalibrate_embedding_norm(encoder, calibration, config)
+        yield losses
 
 
 def _unwrap(encoder: torch.nn.Module) -> torch.nn.Module:

@@ -29,15 +29,7 @@ from pipeline.baselines import fit_mlp, fit_trees, layer_set_features, pad_featu
 from pipeline.chunking import unchunk_record
 from pipeline.config import TrainConfig
 from pipeline.splits import assign_splits
-from pipeline.train import (
-    TargetScaler,
-    build_encoder,
-    keep_for_calibration,
-    lr_factor,
-    predict_records,
-    recalibrate_embedding_norm,
-    train_step,
-)
+from pipeline.train import TargetScaler, build_encoder, predict_records, train_in_process
 
 
 def main() -> None:
@@ -98,28 +90,17 @@ def main() -> None:
     scaler = TargetScaler(float(targets.mean()), float(targets.std() or 1.0))
     # As the training driver builds it by default: a vector per training dataset, unscaled side inputs.
     encoder = build_encoder(config, tuple(r["dataset"] for r in train))
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
     rng = np.random.default_rng(args.seed)
-    steps_per_epoch = -(-len(train) // config.batch_size)
-    total, step, started = steps_per_epoch * config.epochs, 0, time.time()
+    started = time.time()
 
     def evaluate(rows: list[dict]) -> dict[str, float]:
         out = predict_records(encoder, [rows[i : i + 64] for i in range(0, len(rows), 64)], config, scaler)
         return scores(np.array(out["prediction"]), np.array(out["target"]))
 
     figures: dict = {"sne": []}
-    for epoch in range(config.epochs):
-        order, calibration = rng.permutation(len(train)), []
-        for s in range(steps_per_epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(step, total, config.lr_schedule)
-            batch = [train[i] for i in order[s * config.batch_size : (s + 1) * config.batch_size]]
-            train_step(encoder, optimizer, batch, config, scaler, rng)
-            keep_for_calibration(calibration, batch)
-            step += 1
+    for epoch, _ in enumerate(train_in_process(encoder, train, config, scaler, rng)):
         if (epoch + 1) % args.eval_every and epoch + 1 != config.epochs:
             continue
-        recalibrate_embedding_norm(encoder, calibration, config)
         fit, held = evaluate(train), evaluate(val)
         figures["sne"].append({"epoch": epoch + 1, "train": fit, "val": held})
         print(

@@ -28,15 +28,7 @@ from pipeline.chunking import chunk_checkpoint
 from pipeline.config import PRESETS, from_dict
 from pipeline.evaluation import regression_metrics
 from pipeline.splits import assign_splits
-from pipeline.train import (
-    TargetScaler,
-    build_encoder,
-    keep_for_calibration,
-    lr_factor,
-    predict_records,
-    recalibrate_embedding_norm,
-    train_step,
-)
+from pipeline.train import TargetScaler, build_encoder, predict_records, train_in_process
 from pipeline.zoo import Rejection
 from pipeline.zoo.listing import read_zoo
 
@@ -57,26 +49,12 @@ def fit(records: dict[str, list[dict]], config, log_every: int = 0) -> dict:
     target = np.array([r[config.property] for r in records["train"]], dtype=np.float64)
     scaler = TargetScaler(float(target.mean()), float(target.std()) or 1.0)
     encoder = build_encoder(config)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(records["train"]) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, config.lr_schedule)
-    )
     rng = np.random.default_rng(config.seed)
     best = (-math.inf, -1, None)
     history = []
     started = time.perf_counter()
-    for epoch in range(config.epochs):
-        order = rng.permutation(len(records["train"]))
-        calibration: list[list[dict]] = []
-        losses = []
-        for s in range(0, len(order), config.batch_size):
-            batch = [records["train"][i] for i in order[s : s + config.batch_size]]
-            losses.append(train_step(encoder, optimizer, batch, config, scaler, rng))
-            scheduler.step()
-            keep_for_calibration(calibration, batch)
-        recalibrate_embedding_norm(encoder, calibration, config)
+    epochs = train_in_process(encoder, records["train"], config, scaler, rng)
+    for epoch, losses in enumerate(epochs):
         val = predict_records(encoder, _batches(records["val"]), config, scaler)
         metrics = regression_metrics(np.array(val["prediction"]), np.array(val["target"]))
         history.append(
