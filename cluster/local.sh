@@ -42,7 +42,10 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGIO
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 export MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
-export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+# Jobs started with python join the head as drivers (its GCS address); \`ray job submit\` talks to the jobs API.
+export RAY_ADDRESS=127.0.0.1:$RAY_PORT
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_AUTH_MODE=disabled
 export SNE_BUCKET=$BUCKET
 ENV
 }
@@ -55,7 +58,7 @@ up() {
   write_env
   # shellcheck disable=SC1091
   source "$STATE/env.sh"
-  unset RAY_ADDRESS  # set by env.sh for clients; `ray start --head` must not try to join it
+  unset RAY_ADDRESS RAY_API_SERVER_ADDRESS  # set by env.sh for clients; `ray start --head` must not try to join them
   launch s3 "$PY" -m moto.server -H 127.0.0.1 -p "$S3_PORT"
   wait_port "$S3_PORT" s3 30
   "$PY" - <<PYEOF

@@ -15,7 +15,7 @@ import dataclasses
 from pipeline import config as cfg
 from pipeline import storage
 from pipeline.evaluation import run_summary
-from pipeline.runtime import ensure_demo_zoo, fail, start_ray
+from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, fail, start_ray
 from pipeline.zoo import ZooError
 
 READS = {"demo": "weights, layer summaries, probes, dataset vectors", "paper": "weights only"}
@@ -24,11 +24,14 @@ READS = {"demo": "weights, layer summaries, probes, dataset vectors", "paper": "
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, help="epochs of each SNE run (default: each preset's)")
-    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    add_ray_arguments(p)
     p.add_argument("--json", help="write both runs' final metrics here as JSON")
     args = p.parse_args()
 
-    start_ray(args.num_cpus)
+    try:
+        start_ray(args.num_cpus, verbose=args.verbose)
+    except ValueError as e:
+        fail(str(e))
     ensure_demo_zoo(cfg.TrainConfig().zoo)
     from pipeline.driver import run_training
 

@@ -10,11 +10,10 @@ A zoo in the public Small CNN Zoo layout, one family on one dataset:
 from __future__ import annotations
 
 import argparse
-import json
 
 from pipeline import storage
 from pipeline.generate import FORMATS, PRESETS, GenerationError, make_zoo
-from pipeline.runtime import fail
+from pipeline.runtime import add_ray_arguments, fail
 from pipeline.zoo import ZooError
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     )
     p.add_argument("--count", type=int, help="build only the preset's first N networks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="zoo seed: same seed, same weights (default: 0)")
-    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    add_ray_arguments(p)
     p.add_argument("--json", help="also write the summary here as JSON (local path or URI)")
     args = p.parse_args()
 
@@ -45,13 +44,31 @@ def main() -> None:
             num_cpus=args.num_cpus,
             datasets=tuple(d for d in args.datasets.split(",") if d),
             count=args.count,
+            verbose=args.verbose,
         )
     except (ZooError, ValueError, GenerationError) as e:
         fail(str(e))
-    text = json.dumps(summary, indent=2)
-    print(text)
+    print(format_summary(summary))
     if args.json:
         storage.write_json(args.json, summary)
+
+
+def format_summary(summary: dict) -> str:
+    """A few lines: what was built where, and the spread of each family's headline property."""
+    lines = [
+        f"zoo {summary['out']}: {summary['checkpoints']} checkpoints ({summary['trained']} trained now, "
+        f"{summary['skipped']} already there) in {summary['seconds']:.0f} s"
+    ]
+    if "exported" in summary:
+        lines.append(
+            f"  {summary['exported']} exported as {summary['format']}; trained copy: {summary['staging']}"
+        )
+    for family, s in summary["trained_spread"].items():
+        lines.append(
+            f"  {family:<10} {s['property']:<15} n={s['n']:<5} min {s['min']:.3f}  median {s['median']:.3f}  "
+            f"max {s['max']:.3f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
     python jobs/predict.py --encoder RUN_ID_OR_URI [--encoder ...] --zoo URI [--out PATH] [--plot PNG] [--json PATH]
 
---encoder takes an MLflow run id (or runs:/<id>/encoder) or a folder holding encoder.safetensors
-and encoder.json. Given more than once, the encoders predict as an ensemble: each network gets the
+--encoder takes an MLflow run id (or runs:/<id>/encoder), a registered model (models:/sne-encoder/3,
+models:/sne-encoder/latest, models:/sne-encoder@ALIAS) or a folder holding encoder.safetensors and encoder.json. Given more than once, the encoders predict as an ensemble: each network gets the
 mean of their predictions, and each encoder's own scores are printed beside the ensemble's (runs of
 different seeds or settings rank better together than alone; see docs/results.md).
 
@@ -22,7 +22,7 @@ import argparse
 from pipeline import storage
 from pipeline.evaluation import format_table
 from pipeline.predict import plot_predictions, predict_zoo, write_predictions
-from pipeline.runtime import fail
+from pipeline.runtime import fail, quiet_logs
 from pipeline.zoo import ZooError
 
 
@@ -32,7 +32,8 @@ def main() -> None:
         "--encoder",
         required=True,
         action="append",
-        help="MLflow run id or exported encoder folder; repeat it to predict with an ensemble of encoders",
+        help="MLflow run id, registered model (models:/NAME/VERSION) or exported encoder folder; repeat it to "
+        "predict with an ensemble of encoders",
     )
     p.add_argument("--zoo", required=True)
     p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
@@ -47,7 +48,10 @@ def main() -> None:
     p.add_argument(
         "--plot", help="draw predicted vs true for the networks it never saw into this PNG (path or URI)"
     )
+    p.add_argument("--verbose", action="store_true", help="show MLflow's own logs (hidden by default)")
     args = p.parse_args()
+    if not args.verbose:
+        quiet_logs()
     try:
         result = predict_zoo(
             args.encoder, args.zoo, format=args.format, tracking_uri=args.tracking_uri, progress=True

@@ -10,7 +10,7 @@ import argparse
 from pipeline import storage
 from pipeline.config import TrainConfig
 from pipeline.data import prepare_chunk_records
-from pipeline.runtime import fail, start_ray
+from pipeline.runtime import add_ray_arguments, fail, start_ray
 from pipeline.zoo import ZooError
 
 
@@ -27,12 +27,12 @@ def main() -> None:
     p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
     p.add_argument("--steps", default="final", choices=["final", "all"], help="smallcnnzoo: which steps")
     p.add_argument("--epoch", type=int, help="modelzoos: which epoch (default: the last)")
-    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    add_ray_arguments(p)
     p.add_argument("--json", help="write the summary here as JSON")
     args = p.parse_args()
 
-    start_ray(args.num_cpus)
     try:
+        start_ray(args.num_cpus, verbose=args.verbose)
         summary = prepare_chunk_records(
             args.zoo,
             args.chunk_size,

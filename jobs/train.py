@@ -13,22 +13,21 @@ import argparse
 from pipeline import config as cfg
 from pipeline import storage
 from pipeline.evaluation import run_summary
-from pipeline.runtime import ensure_demo_zoo, fail, start_ray
+from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, fail, start_ray
 from pipeline.zoo import ZooError
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cfg.add_arguments(p)
-    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    add_ray_arguments(p)
     p.add_argument("--json", help="write the final metrics here as JSON")
     args = p.parse_args()
     try:
         config = cfg.from_args(args)
+        start_ray(args.num_cpus, verbose=args.verbose)
     except ValueError as e:
         fail(str(e))
-
-    start_ray(args.num_cpus)
     ensure_demo_zoo(config.zoo)
 
     from pipeline.driver import run_training

@@ -14,7 +14,7 @@ import dataclasses
 
 from pipeline import config as cfg
 from pipeline import storage
-from pipeline.runtime import fail, start_ray
+from pipeline.runtime import add_ray_arguments, fail, start_ray
 from pipeline.tracking import ui_command
 from pipeline.tune import SweepSpec, format_trials, grid_size, run_sweep
 from pipeline.zoo import ZooError
@@ -82,7 +82,7 @@ def main() -> None:
         help="trials running at once (default: %(default)s)",
     )
     p.add_argument("--name", help="sweep name; rerun with the same name to resume")
-    p.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    add_ray_arguments(p)
     p.add_argument("--json", help="write the summary here as JSON")
     # Everything else is a training setting; sweeps default to one 0.5-CPU worker per trial so
     # two trials and their data tasks fit a 2-core laptop.
@@ -104,10 +104,9 @@ def main() -> None:
             max_concurrent_trials=args.max_concurrent_trials,
             name=args.name,
         ).validate()
+        start_ray(args.num_cpus, verbose=args.verbose)
     except ValueError as e:
         fail(str(e))
-
-    start_ray(args.num_cpus)
     print(
         f"sweep: {grid_size(spec)} trials ({spec.search}), up to {spec.max_epochs} epochs each, ASHA early stopping"
     )

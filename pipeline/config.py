@@ -49,6 +49,7 @@ class TrainConfig:
     run_name: str | None = None
     experiment: str = "sne"
     tracking_uri: str | None = None
+    register_as: str = "sne-encoder"  # the MLflow registered model each run's encoder becomes a version of
     # data
     chunk_size: int = 16
     normalize: str = "fan_in"
@@ -170,6 +171,7 @@ FIELD_HELP = {
     "storage": "local folder or s3:// URI for chunk records and Ray Train checkpoints",
     "run_name": "name of the run; rerunning with the same name resumes it (default: a fresh name)",
     "experiment": "MLflow experiment name",
+    "register_as": "register the encoder as a new version of this MLflow model ('' registers nothing)",
     "tracking_uri": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite at runs/mlflow.db in the checkout)",
     "chunk_size": "values per chunk (C): each layer is padded and cut into chunks of this many values",
     "normalize": f"weight scaling before chunking: {', '.join(NORMALIZATIONS)} (fan_in multiplies by sqrt(fan_in))",

@@ -275,6 +275,12 @@ def run_training(
     }
     if run_id is None:
         run_id = tracking.start_run(tracking_uri, config.experiment, run_name, params, tags, parent_run_id)
+        zoo_profile = {
+            "format": prepared.format,
+            "checkpoints": prepared.records,
+            "rejected": prepared.rejected,
+        }
+        tracking.log_zoo_input(tracking_uri, run_id, config.zoo, prepared.fingerprint, zoo_profile)
     else:
         log(f"resuming MLflow run {run_id} ({run_name})")
 
@@ -389,6 +395,7 @@ def run_training(
         }
         training_ids = {part: [i for i, v in assignment.items() if v == part] for part in ("train", "val")}
         save_encoder(os.path.join(d, "encoder"), returned["encoder_state"], meta, training_ids, peers)
+        tracking.write_model_spec(os.path.join(d, "encoder"), run_id)
         tracking.log_artifact(tracking_uri, run_id, os.path.join(d, "encoder"), "encoder")
         title = f"SNE test: tau={overall['kendall_tau']:.3f} ({config.task})"
         tracking.log_artifact(
@@ -416,6 +423,13 @@ def run_training(
     tracking.log_metrics(
         tracking_uri, run_id, {k: v for k, v in final.items() if isinstance(v, (int, float))}
     )
+    model_uri = None
+    if config.register_as:
+        version_tags = {"preset": config.preset, "property": config.property, "task": config.task}
+        version_tags.update(
+            {k: f"{final[k]:.4f}" for k in ("test_kendall_tau", "test_r2", "best_val_kendall_tau")}
+        )
+        model_uri = tracking.register_encoder(tracking_uri, run_id, config.register_as, version_tags)
     tracking.end_run(tracking_uri, run_id)
 
     final.update(
@@ -425,6 +439,7 @@ def run_training(
             "tracking_uri": tracking_uri,
             "experiment": config.experiment,
             "encoder_uri": f"runs:/{run_id}/encoder",
+            "model_uri": model_uri,
             "checkpoint_uri": checkpoint_uri,
             "chunk_records": prepared.output,
             "split": counts,

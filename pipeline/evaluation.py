@@ -95,7 +95,7 @@ def save_figure(fig, uri: str, dpi: int) -> str:
 def run_summary(final: dict, preset: str) -> str:
     """A training run's test figures (beside STATNN's), its fit on its own training networks, τ per subset,
     and where its MLflow run and encoder are: what a job prints at the end."""
-    from pipeline.tracking import ui_command
+    from pipeline.tracking import where_to_look
 
     head = f"test Kendall tau  SNE (preset {preset}): {final['test_kendall_tau']:.3f}"
     if "statnn_test_kendall_tau" in final:
@@ -116,8 +116,8 @@ def run_summary(final: dict, preset: str) -> str:
             f"  {row['subset']:<28} n={row['n']:<5} tau={'   n/a' if math.isnan(tau) else f'{tau:6.3f}'}"
         )
     lines += [
-        f"MLflow run {final['run_id']} in experiment '{final['experiment']}'; open the UI with:",
-        f"  {ui_command(final['tracking_uri'])}",
-        f"encoder: {final['encoder_uri']}   checkpoint: {final['checkpoint_uri']}",
+        f"MLflow run {final['run_id']} in experiment '{final['experiment']}':",
+        f"  {where_to_look(final['tracking_uri'], final['run_id'])}",
+        f"encoder: {final.get('model_uri') or final['encoder_uri']}   checkpoint: {final['checkpoint_uri']}",
     ]
     return "\n".join(lines)

@@ -482,19 +482,25 @@ def _plan_record(
     return record | ({"datasets": list(datasets)} if datasets else {})
 
 
-def _claim(zoo_uri: str, record: dict[str, Any]) -> None:
-    """Record the plan beside the zoo; refuse to mix two different plans in one location."""
+def _check_plan(zoo_uri: str, record: dict[str, Any]) -> bool:
+    """Whether the zoo already records this plan; refuse to mix two different plans in one location."""
     fs, path = storage.filesystem(storage.join(zoo_uri, PLAN_FILE))
-    if fs.exists(path):
-        existing = json.loads(fs.cat_file(path))
-        if existing.get("plan_sha256") != record["plan_sha256"]:
-            raise ValueError(
-                f"{zoo_uri} holds a zoo generated with preset={existing.get('preset')!r}, "
-                f"seed={existing.get('seed')!r}, format={existing.get('format')!r}; "
-                f"refusing to add preset={record['preset']!r}, seed={record['seed']!r}: choose another --out"
-            )
-        return
-    storage.write_bytes_atomic(storage.join(zoo_uri, PLAN_FILE), json.dumps(record, indent=2).encode())
+    if not fs.exists(path):
+        return False
+    existing = json.loads(fs.cat_file(path))
+    if existing.get("plan_sha256") != record["plan_sha256"]:
+        raise ValueError(
+            f"{zoo_uri} holds a zoo generated with preset={existing.get('preset')!r}, "
+            f"seed={existing.get('seed')!r}, format={existing.get('format')!r}; "
+            f"refusing to add preset={record['preset']!r}, seed={record['seed']!r}: choose another --out"
+        )
+    return True
+
+
+def _claim(zoo_uri: str, record: dict[str, Any]) -> None:
+    """Record the plan beside the zoo (see ``_check_plan``)."""
+    if not _check_plan(zoo_uri, record):
+        storage.write_bytes_atomic(storage.join(zoo_uri, PLAN_FILE), json.dumps(record, indent=2).encode())
 
 
 def staging_uri(out_uri: str) -> str:
@@ -510,12 +516,14 @@ def make_zoo(
     num_cpus: int | None = None,
     datasets: tuple[str, ...] = (),
     count: int | None = None,
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Train the zoo of (preset, seed) into ``out_uri`` with Ray tasks; resumes a partial zoo.
 
     ``format`` 'smallcnnzoo' / 'modelzoos' trains only that format's family into ``staging_uri(out)``
-    (native, kept for cheap reruns) and then exports it to ``out_uri``. ``num_cpus`` applies only when
-    this call starts a local Ray instance; ``datasets`` and ``count`` restrict the plan (see ``plan``). Returns a summary (counts, seconds, URIs, accuracy spread).
+    (native, kept for cheap reruns) and then exports it to ``out_uri``. ``num_cpus`` and ``verbose``
+    apply only when this call starts Ray (``pipeline.runtime.start_ray``); ``datasets`` and ``count``
+    restrict the plan (see ``plan``). Returns a summary (counts, seconds, URIs, accuracy spread).
     """
     from tqdm import tqdm
 
@@ -526,15 +534,18 @@ def make_zoo(
     specs = plan(preset, seed, format, datasets, count)
     shards = shards_of(specs, PRESETS[preset].shard_size)
     train_uri = out_uri if format == "native" else staging_uri(out_uri)
-    _claim(train_uri, _plan_record(preset, seed, format, specs, datasets))
+    record = _plan_record(preset, seed, format, specs, datasets)
+    _check_plan(train_uri, record)
     done = native.finished_shards(train_uri)
     todo = [shard for shard in shards if shard["name"] not in done]
     skipped = sum(len(s["specs"]) for s in shards if s["name"] in done)
 
     results: list[dict[str, Any]] = []
     failed: list[str] = []
+    # Ray first: a job that cannot run (no cluster at RAY_ADDRESS) leaves nothing behind.
+    ray = start_ray(num_cpus, verbose=verbose) if todo else None
+    _claim(train_uri, record)
     if todo:
-        ray = start_ray(num_cpus)
         task = ray.remote(num_cpus=1)(train_shard)
         pending = {task.remote(train_uri, shard): shard for shard in todo}
         with tqdm(total=len(specs), initial=skipped, unit="ckpt", desc=f"make_zoo {preset}") as bar:

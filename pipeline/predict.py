@@ -28,19 +28,22 @@ RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
 
 
 def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, dict]:
-    """An encoder from an MLflow run id (or ``runs:/<id>/encoder``) or a folder URI of exported files.
+    """An encoder from an MLflow run id (or ``runs:/<id>/encoder``), a registered model (``models:/NAME/VERSION``,
+    ``/latest`` or ``@ALIAS``) or a folder URI of exported files.
 
     The meta it returns carries "training_ids" ({id: "train" | "val"}, None for older exports) and "peers"
     (the PeerConsensus of an encoder that reads peer agreement, else None) too.
     """
     m = RUN_ID.match(encoder)
-    if m:
+    if m or encoder.startswith("models:/"):
         from pipeline import tracking
 
+        uri = tracking.resolve_tracking_uri(tracking_uri)
         with tempfile.TemporaryDirectory() as d:
-            local = tracking.download_artifacts(
-                tracking.resolve_tracking_uri(tracking_uri), m.group(2), "encoder", d
-            )
+            if m:
+                local = tracking.download_artifacts(uri, m.group(2), "encoder", d)
+            else:
+                local = tracking.download_model(uri, encoder, d)
             state, meta = load_encoder_files(local)
             meta["training_ids"] = load_training_ids(local)
             meta["peers"] = load_peers(local)

@@ -12,19 +12,56 @@ LOCAL_ENV = {"RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 LOCAL_OBJECT_STORE_BYTES = 2_000_000_000
 
 
-def start_ray(num_cpus: int | None = None):
+JOBS_API_SCHEMES = ("http://", "https://")
+
+
+def ray_address() -> str | None:
+    """``RAY_ADDRESS`` as ``ray.init`` takes it (a cluster's GCS address, ``auto`` or ``ray://``), or None.
+
+    An ``http://`` address is Ray's jobs API, which ``ray job submit`` talks to but a driver cannot join:
+    refused here, before a job writes anything, with the ways out.
+    """
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(JOBS_API_SCHEMES):
+        raise ValueError(
+            f"RAY_ADDRESS={address} is the address of Ray's jobs API, which a job cannot attach to. "
+            "Submit the job to it (ray job submit --working-dir . -- python jobs/...), or set RAY_ADDRESS to "
+            "the cluster's GCS address (host:6379; RAY_API_SERVER_ADDRESS then keeps `ray job submit` "
+            "pointed at the jobs API), or unset RAY_ADDRESS to run on a local Ray"
+        )
+    return address
+
+
+def add_ray_arguments(parser) -> None:
+    """The options every job that runs on Ray takes."""
+    parser.add_argument("--num-cpus", type=int, help="local Ray only: CPUs to use")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's and MLflow's own logs (hidden by default)"
+    )
+
+
+def start_ray(num_cpus: int | None = None, verbose: bool = True):
     """``ray.init`` once: attach to ``RAY_ADDRESS`` (``ray job submit`` sets it) or start locally.
 
-    ``num_cpus`` applies only to a local instance: Ray refuses it when joining a cluster.
+    ``num_cpus`` applies only to a local instance: Ray refuses it when joining a cluster. Unless
+    ``verbose``, the job's output is its own: see ``quiet_logs``. Raises ValueError for an address
+    a driver cannot join (``ray_address``).
     """
     import ray
 
     if ray.is_initialized():
         return ray
+    address = ray_address()
     for k, v in LOCAL_ENV.items():
         os.environ.setdefault(k, v)
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING)
+    if not verbose:
+        quiet_logs()
+        _quiet_ray_data()
+    # Ray Train sends print() in its controller and workers through its logger (stderr); plain prints
+    # stay on stdout, where the quiet driver below keeps them.
+    runtime_env = None if verbose else {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
         ray.init(
             address="local",  # a fresh local instance, not whatever cluster /tmp/ray last recorded
@@ -33,8 +70,67 @@ def start_ray(num_cpus: int | None = None):
             include_dashboard=True,  # Train under Tune leaks placement groups without it
             logging_level=logging.WARNING,
             log_to_driver=True,
+            runtime_env=runtime_env,
         )
+    if not verbose:
+        _print_worker_stdout_only()
     return ray
+
+
+# Loggers whose routine messages a job's user does not need; every one still reaches Ray's log files
+# under /tmp/ray/session_latest/logs, and --verbose shows them.
+_NOISY_LOGGERS = {
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,  # "token auth is enabled"
+    "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled" where a job disables them
+    "alembic": logging.WARNING,  # the MLflow store's schema migrations
+}
+# MLflow reads these when it is imported (in this process and in the workers it starts): its INFO lines,
+# the run URL it prints when a run ends (a job prints its own summary with it) and its download bars.
+_QUIET_MLFLOW_ENV = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def quiet_logs() -> None:
+    """Keep this process's console to the job's own lines: its stages, bars, epochs and results."""
+    import warnings
+
+    for k, v in _QUIET_MLFLOW_ENV.items():
+        os.environ.setdefault(k, v)
+    for name, level in _NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data logs every execution's plan and progress at INFO to the console and to its log file: keep
+    the file."""
+    import ray.data  # noqa: F401 - configures the "ray.data" logger and its handlers
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":
+            handler.setLevel(logging.WARNING)
+
+
+def _print_worker_stdout_only() -> None:
+    """Show what Ray's workers print to stdout (this project's progress lines), not what they log to stderr
+    (Ray's INFO messages, its C++ core's notices, deprecation warnings). A failing task still fails the job
+    with its traceback; the workers' full output stays in Ray's log files."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray release: keep Ray's own printing
+        return
+
+    def stdout_only(batch: dict) -> None:
+        if not batch.get("is_err"):
+            ray_worker.print_to_stdstream(batch, ignore_prefix=True)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.remove_handler("sne_print_stdout")
+    dispatcher.add_handler("sne_print_stdout", stdout_only)
 
 
 def fail(message: str, code: int = 2) -> None:

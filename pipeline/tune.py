@@ -86,7 +86,9 @@ def _trial(tune_config: dict) -> dict:
     base = dict(tune_config["base"])
     overrides = {k: v for k, v in tune_config.items() if k not in ("base", "parent_run_id", "sweep_name")}
     trial_id = tune.get_context().get_trial_id()
-    config = from_dict({**base, **overrides, "run_name": f"{tune_config['sweep_name']}-{trial_id}"})
+    # Trials are not registered as model versions: the sweep's summary names its best runs instead.
+    run_name = f"{tune_config['sweep_name']}-{trial_id}"
+    config = from_dict({**base, **overrides, "run_name": run_name, "register_as": ""})
     final = run_training(
         config,
         parent_run_id=tune_config["parent_run_id"],
@@ -205,6 +207,8 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
             {**{f"sweep.{k}": v for k, v in spec.__dict__.items()}, **to_dict(base)},
             {"sweep": "true"},
         )
+        profile = {"format": s.format, "checkpoints": s.records, "rejected": s.rejected}
+        tracking.log_zoo_input(tracking_uri, parent_id, base.zoo, s.fingerprint, profile)
     base_dict = {**to_dict(base), "epochs": spec.max_epochs, "statnn": False}
     param_space = {**_param_space(spec), "base": base_dict, "parent_run_id": parent_id, "sweep_name": name}
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_DRIVER_CPUS})

@@ -73,6 +73,7 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
         "encoder/training_ids.json",
         "encoder/peers.json",
         "encoder/peers.safetensors",
+        "encoder/MLmodel",  # the folder is an MLflow model too (registered as a version of sne-encoder)
     }
     # The exported encoder knows the training datasets and reads the side inputs scaled as in training.
     encoder, _ = load_encoder(final["run_id"], final["tracking_uri"])
@@ -95,16 +96,16 @@ def test_a_rerun_with_the_same_seed_trains_the_same_encoder(tiny_zoo, tmp_path):
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_zoo, tmp_path, ray_instance):
     config = _config(tiny_zoo, tmp_path, run_name="resume-me", epochs=6, statnn=False)
-    uri = tracking.resolve_tracking_uri(config.tracking_uri)
 
-    def epoch_one_logged() -> bool:
-        # Epoch 1 logged means epoch 0's report (and checkpoint) completed: `report` is a barrier.
-        run_id = tracking.find_run(uri, config.experiment, "resume-me")
-        return bool(run_id) and any(
-            m.value >= 1 for m in tracking._client(uri).get_metric_history(run_id, "epoch")
-        )
+    def resumable() -> bool:
+        # Ray Train's controller records a reported checkpoint in its snapshot asynchronously, after the
+        # workers' report returns (epoch 1 can be logged before it); from then on a run of the same name
+        # resumes from that checkpoint.
+        fs, path = storage.filesystem(f"{config.storage}/train/resume-me/checkpoint_manager_snapshot.json")
+        fs.invalidate_cache()
+        return fs.exists(path)
 
-    run_then_kill(ray_instance, run_training, (config,), epoch_one_logged, "epoch 1")
+    run_then_kill(ray_instance, run_training, (config,), resumable, "a recorded checkpoint")
 
     final = run_training(config, log=lambda _: None)
     assert final["run_name"] == "resume-me"
@@ -198,3 +199,21 @@ def test_paper_preset_trains_on_weights_alone_and_is_recorded(tiny_zoo, tmp_path
     assert params["probe_summary"] == params["layer_statistics"] == params["dataset_vectors"] == "False"
     encoder, _ = load_encoder(final["run_id"], final["tracking_uri"])
     assert encoder.cfg.blocks == "paper" and encoder.probe is None and encoder.dataset_vectors is None
+    # The encoder is a registered model version, loaded by name as predict loads it, and through MLflow's
+    # own pyfunc loader; its artifacts sit beside the SQLite store.
+    assert final["model_uri"] == "models:/sne-encoder/1"
+    by_name, _ = load_encoder("models:/sne-encoder/latest", final["tracking_uri"])
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(by_name.state_dict().values(), encoder.state_dict().values(), strict=True)
+    )
+    assert list((tmp_path / "mlartifacts").glob(f"{final['run_id']}/artifacts/encoder/MLmodel"))
+    import mlflow.pyfunc
+    import pandas as pd
+
+    mlflow.set_tracking_uri(final["tracking_uri"])
+    try:
+        table = mlflow.pyfunc.load_model("models:/sne-encoder/1").predict(pd.DataFrame({"zoo": [config.zoo]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(table) == 48 and table["prediction"].notna().all()

@@ -79,6 +79,11 @@ def test_grid_sweep_creates_parent_and_child_runs_and_records_how_each_trial_end
     client = tracking._client(summary["tracking_uri"])
     artifacts = {a.path for a in client.list_artifacts(summary["parent_run_id"])}
     assert {"trials.json", "trials.txt", "val_tau_heatmap.png"} <= artifacts
+    # The sweep and each trial name the zoo as their training dataset; no trial is a registered model.
+    parent = client.get_run(summary["parent_run_id"])
+    assert [d.dataset.source for d in parent.inputs.dataset_inputs] == [f'{{"uri": "{zoo_bucket}/zoo"}}']
+    assert all(len(c.inputs.dataset_inputs) == 1 for c in children)
+    assert not client.search_registered_models()
 
 
 def test_an_interrupted_sweep_resumes_instead_of_starting_over(zoo_bucket, tmp_path, ray_instance):

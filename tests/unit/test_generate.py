@@ -257,3 +257,13 @@ def test_public_formats_are_exported_from_a_staging_zoo(tmp_path, monkeypatch, c
     for staged_id, c in finals.items():
         assert c.family == FORMAT_FAMILY[format]
         assert c.properties["test_accuracy"] == pytest.approx(staged[staged_id])
+
+
+def test_a_job_that_cannot_reach_ray_writes_nothing(tmp_path, tiny_preset, monkeypatch):
+    # RAY_ADDRESS naming the jobs API (as a shell set up for `ray job submit` may have it) is refused
+    # before the plan is recorded, so a rerun elsewhere does not find a zoo folder holding only a plan.
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    zoo = tmp_path / "zoo"
+    with pytest.raises(ValueError, match="jobs API"):
+        generate.make_zoo(str(zoo), preset=tiny_preset)
+    assert not zoo.exists()
