@@ -9,15 +9,26 @@ unless given explicitly)::
 
     <records>/records/*.parquet      chunk records, one row per accepted checkpoint
     <records>/rejected/part-*.parquet  id + reason for each rejected checkpoint
-    <records>/_COMPLETE.json          written last: the summary; without it the output is incomplete
+    <records>/_COMPLETE.json          written last: the summary and every file's size and SHA-256;
+                                      without it the output is incomplete
+    <records>/_WRITING.json           while a prepare writes the output: who, and a heartbeat
+
+A complete output is reused only when every file it lists is there with its size and checksum; a
+missing, truncated, altered or extra file is named and the output rebuilt. Two prepares of the same
+output at once produce one: the second waits for the first (or takes over when its heartbeat stops).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import os
+import socket
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -29,6 +40,16 @@ from pipeline.chunking import CHUNK_RECORD_SCHEMA, SCHEMA_VERSION, chunk_checkpo
 from pipeline.zoo import Checkpoint, Rejection, open_zoo, read_part
 
 COMPLETE_MARKER = "_COMPLETE.json"
+WRITING_MARKER = "_WRITING.json"
+# A writer refreshes its marker this often; one silent for STALE_WRITER_S has died and is taken over.
+HEARTBEAT_S = 20.0
+STALE_WRITER_S = 120.0
+# After writing its marker a prepare waits this long and reads it back: of two that wrote at once, the
+# one whose marker was written last proceeds, the other waits for it.
+CLAIM_CONFIRM_S = 2.0
+WAIT_POLL_S = 2.0
+CHECKED_FOLDERS = ("records", "rejected")
+logger = logging.getLogger(__name__)
 REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string())])
 # Chunk records leave a task in slices of this many rows so one huge part never sits in memory whole.
 ROWS_PER_BLOCK = 64
@@ -148,11 +169,9 @@ def prepare_chunk_records(
     """Turn a zoo into chunk records on storage with Ray Data; reuse a complete earlier output.
 
     ``out`` names the output explicitly; otherwise it is derived under ``cache_root``. An output
-    without its completion marker (an interrupted run) is deleted and rebuilt, never reused.
+    without its completion marker (an interrupted run), or whose files are not those the marker lists
+    (``verify_output``), is rebuilt, never reused. Another prepare writing the same output is waited for.
     """
-    import ray
-    from ray.data import TaskPoolStrategy
-
     if chunk_size < 1:
         raise ValueError(f"chunk size must be a positive integer, got {chunk_size}")
     listing = open_zoo(zoo_uri, format, steps=steps, epoch=epoch)
@@ -161,17 +180,46 @@ def prepare_chunk_records(
             raise ValueError("give either out= or cache_root= for the chunk records")
         out = default_records_uri(cache_root, listing.fingerprint, chunk_size)
     done = read_completion(out)
-    if (
-        done is not None
-        and done.get("fingerprint") == listing.fingerprint
-        and done.get("chunk_size") == chunk_size
-    ):
-        return PrepareSummary(**{**done, "reused": True})
+    if _completes(done, listing.fingerprint, chunk_size):
+        problem = verify_output(out, done)
+        if problem is None:
+            return _reused(done)
+        logger.warning("chunk records at %s: %s; rebuilding them", out, problem)
+        marker_fs, marker = storage.filesystem(storage.join(out, COMPLETE_MARKER))
+        marker_fs.rm(marker)
+    owner = _claim_output(out, listing.fingerprint, chunk_size)
+    if owner is None:  # another prepare completed this output while this one waited for it
+        return _reused(read_completion(out))
+    with _heartbeat(out, owner):
+        summary = _write_records(listing, zoo_uri, chunk_size, out, parts_in_flight)
+    return summary
+
+
+def _completes(done: dict | None, fingerprint: str, chunk_size: int) -> bool:
+    return (
+        done is not None and done.get("fingerprint") == fingerprint and done.get("chunk_size") == chunk_size
+    )
+
+
+def _reused(done: dict) -> PrepareSummary:
+    fields = set(PrepareSummary.__dataclass_fields__)
+    return PrepareSummary(**{**{k: v for k, v in done.items() if k in fields}, "reused": True})
+
+
+def _write_records(
+    listing, zoo_uri: str, chunk_size: int, out: str, parts_in_flight: int | None
+) -> PrepareSummary:
+    """Write the output afresh (this prepare holds its writing marker) and mark it complete."""
+    import ray
+    from ray.data import TaskPoolStrategy
 
     started = time.time()
-    fs, path = storage.filesystem(out)
-    if fs.exists(path):  # a stale or interrupted output: never mix old files into the new one
-        fs.rm(path, recursive=True)
+    fs = storage.filesystem(out)[0]
+    # A stale or interrupted output: never mix old files into the new one (the writing marker stays).
+    for stale in (*CHECKED_FOLDERS, COMPLETE_MARKER):
+        stale_path = storage.filesystem(storage.join(out, stale))[1]
+        if fs.exists(stale_path):
+            fs.rm(stale_path, recursive=True)
     items = [{"part": json.dumps(p), "part_index": i} for i, p in enumerate(listing.parts)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
@@ -208,8 +256,128 @@ def prepare_chunk_records(
             f"chunk records ({summary.records}) + rejected ({summary.rejected}) != listed "
             f"({summary.listed}) for {zoo_uri}; the output at {out} is left incomplete"
         )
-    storage.write_bytes_atomic(storage.join(out, COMPLETE_MARKER), json.dumps(summary.to_dict()).encode())
+    completion = {**summary.to_dict(), "files": file_digests(out)}
+    storage.write_bytes_atomic(storage.join(out, COMPLETE_MARKER), json.dumps(completion).encode())
     return summary
+
+
+def _listed_files(out: str) -> dict[str, int]:
+    """{path relative to ``out``: size} of every file under the output's checked folders."""
+    files = {}
+    for folder in CHECKED_FOLDERS:
+        fs, path = storage.filesystem(storage.join(out, folder))
+        fs.invalidate_cache()
+        if fs.exists(path):
+            for f, info in fs.find(path, detail=True).items():
+                files[f"{folder}/{f[len(path) :].lstrip('/')}"] = int(info["size"])
+    return files
+
+
+def _sha256(uri: str) -> str:
+    digest = hashlib.sha256()
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digests(out: str, names: list[str]) -> dict[str, str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # object stores answer many reads at once
+        return dict(zip(names, pool.map(lambda n: _sha256(storage.join(out, n)), names), strict=True))
+
+
+def file_digests(out: str) -> dict[str, dict]:
+    """{relative path: {"size", "sha256"}} of every record and rejection file of an output."""
+    sizes = _listed_files(out)
+    sums = _digests(out, sorted(sizes))
+    return {name: {"size": sizes[name], "sha256": sums[name]} for name in sorted(sizes)}
+
+
+def verify_output(out: str, done: dict) -> str | None:
+    """What is wrong with a complete output's files, naming the first such file; None when all is as
+    its completion marker lists (every file, its size and its SHA-256; no file besides)."""
+    expected = done.get("files")
+    if not expected:
+        return f"{COMPLETE_MARKER} lists no files (written by an older release)"
+    found = _listed_files(out)
+    for name in sorted(expected):
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != expected[name]["size"]:
+            return f"{name} is {found[name]} bytes, {expected[name]['size']} when written (truncated or replaced)"
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        return f"{extra[0]} was not part of the output ({len(extra)} such file(s))"
+    sums = _digests(out, sorted(expected))
+    for name in sorted(expected):
+        if sums[name] != expected[name]["sha256"]:
+            return f"{name} does not match its checksum (altered since it was written)"
+    return None
+
+
+def _read_writer(out: str) -> dict | None:
+    fs, path = storage.filesystem(storage.join(out, WRITING_MARKER))
+    fs.invalidate_cache()
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+def _write_writer(out: str, owner: str) -> None:
+    marker = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+    storage.write_bytes_atomic(storage.join(out, WRITING_MARKER), json.dumps(marker).encode())
+
+
+def _claim_output(out: str, fingerprint: str, chunk_size: int) -> str | None:
+    """Become the one prepare writing ``out``: returns this writer's id, or None once another prepare has
+    completed the output meanwhile. Waits while a live writer (a recent heartbeat) holds it."""
+    owner = uuid.uuid4().hex
+    announced = False
+    while True:
+        if _completes(read_completion(out), fingerprint, chunk_size):
+            return None
+        writer = _read_writer(out)
+        if writer is None or time.time() - writer.get("heartbeat", 0) > STALE_WRITER_S:
+            _write_writer(out, owner)
+            time.sleep(CLAIM_CONFIRM_S)
+            if (_read_writer(out) or {}).get("owner") == owner:
+                return owner
+            continue
+        if not announced:
+            logger.warning(
+                "chunk records at %s are being written by another prepare (pid %s on %s); waiting for it",
+                out,
+                writer.get("pid"),
+                writer.get("host"),
+            )
+            announced = True
+        time.sleep(WAIT_POLL_S)
+
+
+class _heartbeat:
+    """Keeps this writer's marker fresh while it writes; removes the marker when done (or failed)."""
+
+    def __init__(self, out: str, owner: str) -> None:
+        self.out, self.owner, self.stop = out, owner, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            _write_writer(self.out, self.owner)
+
+    def __enter__(self) -> None:
+        self.thread.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        if (_read_writer(self.out) or {}).get("owner") == self.owner:
+            fs, path = storage.filesystem(storage.join(self.out, WRITING_MARKER))
+            fs.rm(path)
 
 
 def count_probed(records_uri: str) -> int:

@@ -54,6 +54,17 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return f"{'s3' if protocol in ('s3', 's3a') else protocol}://{path}"
 
 
+def link_outside(root: str, path: str, info: dict) -> str | None:
+    """Where ``path`` leads when it is a symbolic link (``info`` from ``fs.find(detail=True)``) out of the
+    folder ``root`` on a local disk; None for anything else. Readers refuse such entries unread, so a zoo
+    cannot make a job read files outside it."""
+    if not info.get("islink"):
+        return None
+    target = os.path.realpath(path)
+    inside = os.path.realpath(root).rstrip(os.sep) + os.sep
+    return None if target.startswith(inside) else target
+
+
 def write_json(uri: str, value) -> str:
     """Write ``value`` as indented JSON to a local path or URI (what every job's ``--json`` does); the URI.
 

@@ -113,18 +113,23 @@ def list_zoo(uri: str, epoch: int | None = None) -> ZooListing:
     if not fs.exists(root):
         raise ZooError(f"no zoo at {uri}: the path does not exist")
     # withdirs: an empty checkpoint_<N>/ (its file lost) still shows which epoch was the last.
-    found = {relative(root, p): info for p, info in fs.find(root, withdirs=True, detail=True).items()}
+    found_abs = fs.find(root, withdirs=True, detail=True)
+    found = {relative(root, p): info for p, info in found_abs.items()}
+    outside = {
+        relative(root, p): t for p, info in found_abs.items() if (t := storage.link_outside(root, p, info))
+    }
     files = {rel: info for rel, info in found.items() if info["type"] != "directory"}
     trials: dict[str, dict] = {}
     for rel, info in found.items():
         if "/" not in rel:
             continue  # zoo-level entries: config.json, dataset.pt, experiment state, the trial folders
         trial, rest = rel.split("/", 1)
-        entry = trials.setdefault(trial, {"files": set(), "checkpoints": {}, "dirs": {}})
+        entry = trials.setdefault(trial, {"files": set(), "checkpoints": {}, "dirs": {}, "folders": {}})
         if info["type"] != "directory":
             entry["files"].add(rest)
         if m := CHECKPOINT_FILE.match(rest):
-            entry["checkpoints"][int(m.group(1))] = rest
+            # A folder where the checkpoint file belongs is named as such, not opened.
+            entry["folders" if info["type"] == "directory" else "checkpoints"][int(m.group(1))] = rest
         in_folder = "/" in rest or info["type"] == "directory"
         if in_folder and (m := CHECKPOINT_DIR.match(rest.split("/", 1)[0])):
             entry["dirs"][int(m.group(1))] = m.group(0)
@@ -146,8 +151,17 @@ def list_zoo(uri: str, epoch: int | None = None) -> ZooListing:
         chosen = max(t["dirs"]) if epoch is None and t["dirs"] else epoch
         entry = {"name": name, "epoch": chosen, "checkpoint": t["checkpoints"].get(chosen), "reason": None}
         missing = [f for f in ("params.json", "result.json") if f not in t["files"]]
-        if missing:
+        escaping = [
+            f for f in ("params.json", "result.json", entry["checkpoint"]) if f and f"{name}/{f}" in outside
+        ]
+        if escaping:
+            entry["reason"] = (
+                f"{escaping[0]} is a symbolic link to {outside[f'{name}/{escaping[0]}']}, outside the zoo: not read"
+            )
+        elif missing:
             entry["reason"] = f"missing {' and '.join(missing)}"
+        elif chosen in t["folders"]:
+            entry["reason"] = f"{t['folders'][chosen]} is a folder, not a checkpoint file"
         elif chosen is None:
             entry["reason"] = "no checkpoint_<N>/ folder"
         elif entry["checkpoint"] is None and chosen in t["dirs"]:

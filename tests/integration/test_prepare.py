@@ -66,3 +66,78 @@ def test_interrupted_output_is_rebuilt_not_reused(ray_instance, s3_bucket, s3_zo
     assert not redone.reused
     assert (redone.records, redone.rejected) == (done.records, done.rejected)
     assert len(load_chunk_dataset(out).take_all()) == done.records
+
+
+def test_a_damaged_cache_is_named_and_rebuilt(ray_instance, s3_bucket, s3_zoo, caplog):
+    uri, _ = s3_zoo
+    out = f"{s3_bucket}/checked"
+    first = prepare_chunk_records(uri, 4, out=out)
+    fs, records = storage.filesystem(storage.join(out, "records"))
+    damages = {
+        "truncated": lambda blob: blob[: len(blob) // 2],
+        "does not match its checksum": lambda blob: (
+            blob[:-20] + bytes(b ^ 0xFF for b in blob[-20:])
+        ),  # same size
+    }
+    for expected, damage in damages.items():
+        fs.invalidate_cache()
+        victim = sorted(fs.ls(records, detail=False))[0]  # a rebuild names its files anew
+        name = "records/" + victim.rsplit("/", 1)[-1]
+        blob = fs.cat_file(victim)
+        fs.pipe_file(victim, damage(blob))
+        caplog.clear()
+        redone = prepare_chunk_records(uri, 4, out=out)
+        assert not redone.reused, expected
+        assert f"{name} " in caplog.text and expected in caplog.text, caplog.text
+        assert (redone.records, redone.rejected) == (first.records, first.rejected)
+        assert prepare_chunk_records(uri, 4, out=out).reused  # the rebuilt output checks out
+    # A file nobody wrote would be read as more records: the output is rebuilt without it.
+    storage.write_bytes_atomic(storage.join(out, "records", "stray.parquet"), blob)
+    caplog.clear()
+    assert not prepare_chunk_records(uri, 4, out=out).reused
+    assert "records/stray.parquet was not part of the output" in caplog.text
+    assert len(load_chunk_dataset(out).take_all()) == first.records
+
+
+# Two jobs preparing the same output: processes of their own, joined to the shared Ray instance.
+PREPARE = """
+import json, sys
+from pipeline.runtime import start_ray
+start_ray(verbose=False)
+from pipeline.data import prepare_chunk_records
+s = prepare_chunk_records(sys.argv[1], 4, out=sys.argv[2])
+print(json.dumps({"reused": s.reused, "records": s.records}))
+"""
+
+
+def test_two_prepares_of_one_output_at_once_make_one(ray_instance, s3_bucket, s3_zoo):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    uri, ckpts = s3_zoo
+    out = f"{s3_bucket}/contended"
+    env = dict(os.environ, RAY_ADDRESS=ray_instance.get_runtime_context().gcs_address)
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PREPARE, uri, out],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for job in jobs:
+        stdout, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    # One wrote, the other waited for it and reused its output; both see every record once.
+    assert sorted(r["reused"] for r in results) == [False, True]
+    assert [r["records"] for r in results] == [len(ckpts) - 1] * 2
+    ids = [r["id"] for r in load_chunk_dataset(out).take_all()]
+    assert sorted(ids) == sorted(c.id for c in ckpts[:-1])
+    fs, marker = storage.filesystem(storage.join(out, "_WRITING.json"))
+    assert not fs.exists(marker)

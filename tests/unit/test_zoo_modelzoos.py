@@ -276,3 +276,32 @@ def test_parts_group_trials_and_fingerprint_follows_files(tmp_path, monkeypatch)
     with open(zoo / "trial_004" / "result.json", "a") as f:
         f.write(json.dumps({"training_iteration": 4}) + "\n")
     assert open_zoo(str(zoo)).fingerprint != listing.fingerprint
+
+
+def test_a_folder_or_a_link_out_of_the_zoo_where_a_file_belongs_is_rejected_unread(tmp_path):
+    zoo = tmp_path / "zoo"
+    modelzoos.write_zoo(str(zoo), [make_checkpoint(i) for i in range(4)])
+    folder = zoo / "trial_000" / "checkpoint_000003" / "checkpoints"
+    os.remove(folder)
+    folder.mkdir()
+    # A file outside the zoo, readable as a valid checkpoint: the reader must not open it.
+    outside = tmp_path / "elsewhere" / "checkpoints"
+    outside.parent.mkdir()
+    linked = zoo / "trial_001" / "checkpoint_000003" / "checkpoints"
+    os.replace(linked, outside)
+    linked.symlink_to(outside)
+    (zoo / "trial_002" / "params.json").rename(tmp_path / "params.json")
+    (zoo / "trial_002" / "params.json").symlink_to(tmp_path / "params.json")
+    # A link that stays inside the zoo is read as the file it points to.
+    inside = zoo / "trial_003" / "checkpoint_000003" / "checkpoints"
+    os.replace(inside, zoo / "trial_003" / "kept")
+    inside.symlink_to(zoo / "trial_003" / "kept")
+
+    accepted, rejected, _ = read_all(str(zoo))
+    reasons = {r.id: r.reason for r in rejected}
+    assert reasons["trial_000"] == "checkpoint_000003/checkpoints is a folder, not a checkpoint file"
+    assert reasons["trial_001"] == (
+        f"checkpoint_000003/checkpoints is a symbolic link to {outside}, outside the zoo: not read"
+    )
+    assert "params.json is a symbolic link" in reasons["trial_002"]
+    assert [c.id for c in accepted] == ["trial_003"]
