@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline import config as cfg
-from pipeline import storage
+from pipeline import storage, tracking
 from pipeline.evaluation import run_summary
 from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, fail, start_ray
 from pipeline.zoo import ZooError
@@ -25,6 +25,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         config = cfg.from_args(args)
+        tracking.check_reachable(tracking.resolve_tracking_uri(config.tracking_uri))
         start_ray(args.num_cpus, verbose=args.verbose)
     except ValueError as e:
         fail(str(e))

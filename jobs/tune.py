@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 
 from pipeline import config as cfg
-from pipeline import storage
+from pipeline import storage, tracking
 from pipeline.runtime import add_ray_arguments, fail, start_ray
 from pipeline.tracking import ui_command
 from pipeline.tune import SweepSpec, format_trials, grid_size, run_sweep
@@ -104,6 +104,7 @@ def main() -> None:
             max_concurrent_trials=args.max_concurrent_trials,
             name=args.name,
         ).validate()
+        tracking.check_reachable(tracking.resolve_tracking_uri(base.tracking_uri))
         start_ray(args.num_cpus, verbose=args.verbose)
     except ValueError as e:
         fail(str(e))

@@ -55,14 +55,15 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def link_outside(root: str, path: str, info: dict) -> str | None:
-    """Where ``path`` leads when it is a symbolic link (``info`` from ``fs.find(detail=True)``) out of the
-    folder ``root`` on a local disk; None for anything else. Readers refuse such entries unread, so a zoo
-    cannot make a job read files outside it."""
-    if not info.get("islink"):
+    """Where ``path`` really is when symbolic links (the entry's own or a folder's above it) lead it out of
+    the folder ``root`` on a local disk; None otherwise, and always for object storage, which has no links
+    (``info`` comes from ``fs.find`` / ``fs.ls`` with ``detail=True``; a local one carries ``islink``).
+    Readers refuse such entries unread, so a zoo cannot make a job read files outside it."""
+    if "islink" not in info:
         return None
     target = os.path.realpath(path)
     inside = os.path.realpath(root).rstrip(os.sep) + os.sep
-    return None if target.startswith(inside) else target
+    return None if target.startswith(inside) or target == inside.rstrip(os.sep) else target
 
 
 def write_json(uri: str, value) -> str:

@@ -33,6 +33,27 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def check_reachable(tracking_uri: str, timeout_s: float = 10.0) -> None:
+    """Refuse, before a job does any work, a tracking server that does not answer (ValueError). Any HTTP
+    answer counts as reachable (a server behind authentication may refuse /health); a local store is
+    always there."""
+    import urllib.error
+    import urllib.request
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ValueError(
+            f"the MLflow tracking server at {tracking_uri} does not answer ({reason}); start it, or point "
+            "MLFLOW_TRACKING_URI / --tracking-uri at another (unset, runs go to the local SQLite store)"
+        ) from None
+
+
 def code_version() -> str:
     try:
         out = subprocess.run(

@@ -76,9 +76,18 @@ def _check_zoo_json(zoo_uri: str) -> None:
 
 def list_zoo(uri: str) -> ZooListing:
     """One part per committed shard (one whose manifest part exists); duplicate ids are marked."""
-    _check_zoo_json(uri)
     fs, root = storage.filesystem(uri)
-    files = {relative(root, p): info for p, info in fs.find(root, detail=True).items()}
+    found = fs.find(root, detail=True)
+    files = {relative(root, p): info for p, info in found.items()}
+    # Files that are links out of the zoo are named, never read.
+    outside = {
+        relative(root, p): t for p, info in found.items() if (t := storage.link_outside(root, p, info))
+    }
+    if "zoo.json" in outside:
+        raise ZooError(
+            f"{uri}: zoo.json is a symbolic link to {outside['zoo.json']}, outside the zoo: not read"
+        )
+    _check_zoo_json(uri)
     manifests = sorted(
         rel[len("manifest/") : -len(".parquet")]
         for rel in files
@@ -91,16 +100,26 @@ def list_zoo(uri: str) -> ZooListing:
     for start in range(0, len(manifests), MANIFEST_BATCH):
         batch = manifests[start : start + MANIFEST_BATCH]
         paths = [posixpath.join(root, "manifest", f"{s}.parquet") for s in batch]
-        blobs = fs.cat(paths, on_error="return")
+        blobs = fs.cat([p for p in paths if relative(root, p) not in outside], on_error="return")
         for shard, path in zip(batch, paths, strict=True):
             part = {"uri": uri, "format": "native", "options": {}, "shard": shard}
             blob = blobs.get(path)
+            escaping = [
+                f for f in (f"manifest/{shard}.parquet", f"shards/{shard}.safetensors") if f in outside
+            ]
             try:
+                if escaping:
+                    raise ZooError(
+                        f"{escaping[0]} is a symbolic link to {outside[escaping[0]]}, outside the zoo: not read"
+                    )
                 if blob is None:
                     blob = FileNotFoundError(path)
                 if isinstance(blob, BaseException):
                     raise blob
                 ids = pq.read_table(io.BytesIO(blob), columns=["id"]).column("id").to_pylist()
+            except ZooError as e:  # a link out of the zoo: the shard is rejected whole, unread
+                part["ids"] = [f"{shard}/*"]
+                part["manifest_error"] = str(e)
             except Exception as e:  # an unreadable manifest cannot list its checkpoints: one entry
                 part["ids"] = [f"{shard}/*"]
                 part["manifest_error"] = f"manifest part manifest/{shard}.parquet is unreadable: {e}"

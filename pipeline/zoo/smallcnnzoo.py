@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import math
+import os
 import posixpath
 from collections.abc import Iterable, Iterator
 
@@ -192,6 +193,11 @@ def _dataset_folders(uri: str) -> list[str]:
         return [root]
     folders = []
     for entry in sorted(entries, key=lambda e: e["name"]):
+        if entry.get("islink") and os.path.isdir(entry["name"]):
+            if target := storage.link_outside(root, entry["name"], entry):
+                name = posixpath.basename(entry["name"].rstrip("/"))
+                raise ZooError(f"{uri}: {name} is a symbolic link to {target}, outside the zoo: not read")
+            entry = {**entry, "type": "directory"}
         if entry["type"] == "directory":
             names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(entry["name"], detail=False)}
             if names & set(SMALLCNNZOO_FILES):
@@ -216,6 +222,9 @@ def list_zoo(uri: str, steps: str = "final") -> ZooListing:
             raise ZooError(
                 f"{folder_uri}: missing {', '.join(missing)} (a dataset folder needs all three files)"
             )
+        for f in SMALLCNNZOO_FILES:
+            if target := storage.link_outside(root, infos[f]["name"], infos[f]):
+                raise ZooError(f"{folder_uri}: {f} is a symbolic link to {target}, outside the zoo: not read")
         stamps += [
             (relative(root, infos[f]["name"]) or f, int(infos[f]["size"]), file_stamp(infos[f]))
             for f in SMALLCNNZOO_FILES

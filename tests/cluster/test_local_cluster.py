@@ -129,6 +129,13 @@ def test_the_readme_cluster_walkthrough_runs_as_written(readme_walk):
     assert s3.glob("sne/mlflow/**/encoder.safetensors"), "MLflow artifacts are not in the S3 bucket"
     (version,) = client.search_model_versions("name = 'sne-encoder'")
     assert version.run_id == run.info.run_id and version.tags["preset"] == "paper"
+    by_version = _sh(
+        ".venv/bin/python jobs/predict.py --encoder models:/sne-encoder/1 --zoo s3://sne/zoos/tiny --out v1.csv",
+        checkout,
+        env,
+        300,
+    )
+    assert by_version.returncode == 0 and "48 predictions" in by_version.stdout, by_version.stderr[-3000:]
     # Credentials never reach MLflow.
     assert "testing" not in str(run.data.params) + str(run.data.tags)
 

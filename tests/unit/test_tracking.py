@@ -57,3 +57,40 @@ def test_the_zoo_is_the_runs_dataset(store):
 def test_a_registered_model_that_is_not_there_is_a_clear_error(store, tmp_path, uri, message):
     with pytest.raises(ValueError, match=message):
         tracking.download_model(store, uri, str(tmp_path / "dst"))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_and_one_that_does_is_not():
+    import http.server
+    import threading
+
+    with pytest.raises(ValueError, match="does not answer"):
+        tracking.check_reachable(f"http://127.0.0.1:{_closed_port()}", timeout_s=2)
+    # Any HTTP answer is a server (one behind authentication may refuse /health).
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tracking.check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+    tracking.check_reachable("sqlite:////nowhere/mlflow.db")  # a local store is created on use
+
+
+def test_train_with_an_unreachable_server_stops_before_any_work(run_job, tmp_path):
+    storage_dir = tmp_path / "runs"
+    done = run_job(
+        "train.py",
+        *("--zoo", str(tmp_path / "zoo"), "--storage", str(storage_dir)),
+        *("--tracking-uri", f"http://127.0.0.1:{_closed_port()}"),
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("error: the MLflow tracking server"), done.stderr
+    assert "Traceback" not in done.stderr and not storage_dir.exists()

@@ -228,3 +228,30 @@ def test_read_part_balances_the_count_when_a_reader_fails_midway(tmp_path, monke
     monkeypatch.setattr(native, "read_part", transient)
     with pytest.raises(ConnectionError):
         list(read_part(part))
+
+
+def test_files_linked_out_of_the_zoo_are_named_and_never_read(tmp_path):
+    zoo = tmp_path / "zoo"
+    native.write_zoo(str(zoo), [make_checkpoint(i) for i in range(6)], shard_size=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # Valid files moved out and linked back: readable, so only the guard keeps them unread.
+    for rel in ("manifest/shard-000000.parquet", "shards/shard-000001.safetensors"):
+        target = elsewhere / rel.replace("/", "-")
+        os.replace(zoo / rel, target)
+        (zoo / rel).symlink_to(target)
+    # A link inside the zoo is read as the file it points to.
+    os.replace(zoo / "shards" / "shard-000002.safetensors", zoo / "kept.safetensors")
+    (zoo / "shards" / "shard-000002.safetensors").symlink_to(zoo / "kept.safetensors")
+    accepted, rejected, listed = read_all(str(zoo))
+    reasons = {r.id: r.reason for r in rejected}
+    assert [c.id for c in accepted] == ["ckpt-004", "ckpt-005"]
+    assert reasons["shard-000000/*"] == (
+        f"manifest/shard-000000.parquet is a symbolic link to {elsewhere / 'manifest-shard-000000.parquet'}, "
+        "outside the zoo: not read"
+    )
+    assert reasons["shard-000001/*"].startswith("shards/shard-000001.safetensors is a symbolic link to")
+    os.replace(zoo / "zoo.json", elsewhere / "zoo.json")
+    (zoo / "zoo.json").symlink_to(elsewhere / "zoo.json")
+    with pytest.raises(ZooError, match="zoo.json is a symbolic link"):
+        open_zoo(str(zoo), "native")

@@ -285,3 +285,18 @@ def test_fingerprint_follows_metrics_changes(tmp_path):
     assert open_zoo(str(tmp_path / "z")).fingerprint == first
     smallcnnzoo.write_zoo(str(tmp_path / "z"), [make_checkpoint(i) for i in range(4)])
     assert open_zoo(str(tmp_path / "z")).fingerprint != first
+
+
+def test_a_dataset_folder_reached_through_a_link_out_of_the_zoo_is_refused_unread(tmp_path):
+    _write_published_folder(tmp_path / "zoo" / "mnist", np.zeros((3, 4970)), _metrics(3, "mnist"))
+    _write_published_folder(tmp_path / "elsewhere" / "cifar10", np.ones((3, 4970)), _metrics(3, "cifar10"))
+    (tmp_path / "zoo" / "cifar10").symlink_to(tmp_path / "elsewhere" / "cifar10")
+    with pytest.raises(
+        ZooError, match=r"zoo: cifar10 is a symbolic link to .*elsewhere.*outside the zoo: not read"
+    ):
+        open_zoo(str(tmp_path / "zoo"), "smallcnnzoo")
+    # A zoo that is itself a link is read where it leads.
+    (tmp_path / "zoo" / "cifar10").unlink()
+    (tmp_path / "linked-zoo").symlink_to(tmp_path / "zoo")
+    accepted, rejected, _ = read_all(str(tmp_path / "linked-zoo"))
+    assert len(accepted) == 3 and not rejected
