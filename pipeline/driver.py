@@ -380,10 +380,8 @@ def run_training(
         )
     with tempfile.TemporaryDirectory() as d:
         meta = {
-            # Every encoder setting, so predict rebuilds exactly this architecture (output is its own choice).
-            "encoder": {
-                k: v for k, v in asdict(encoder_config(config, seen_datasets)).items() if k != "output"
-            },
+            # Every encoder setting, so predict rebuilds exactly this architecture.
+            "encoder": asdict(encoder_config(config, seen_datasets)),
             "chunk_size": config.chunk_size,
             "normalize": config.normalize,
             "property": config.property,

@@ -24,7 +24,6 @@ from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY
 from pipeline.collate import LAYER_STATISTICS
 from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
-OUTPUTS = ("linear", "sigmoid")
 BLOCKS = ("paper", "compact")
 ELEMENT_PROJECTIONS = ("linear", "random_features")
 # EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
@@ -90,7 +89,6 @@ class EncoderConfig:
     # Networks of any other dataset, or hidden in training (dataset_present 0), get the vector of an unknown
     # one. Empty: no dataset is read (the paper's SNE; encoders exported before it).
     datasets: tuple[str, ...] = ()
-    output: str = "linear"  # "sigmoid" squashes predictions into (0, 1)
 
     def __post_init__(self) -> None:
         self.datasets = tuple(str(d) for d in self.datasets)  # a JSON export reads back a list
@@ -116,8 +114,6 @@ class EncoderConfig:
             raise ValueError(
                 f"element_projection must be one of {ELEMENT_PROJECTIONS}, got {self.element_projection!r}"
             )
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if self.layer_summary not in LAYER_SUMMARIES:
             raise ValueError(
                 f"layer_summary must be one of {tuple(LAYER_SUMMARIES)}, got {self.layer_summary!r}"
@@ -666,5 +662,4 @@ class SNE(nn.Module):
             )
         else:
             z = self.embedding_norm(z)
-        out = self.head(z)[:, 0]
-        return torch.sigmoid(out) if self.cfg.output == "sigmoid" else out
+        return self.head(z)[:, 0]

@@ -61,7 +61,7 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
         "probe_summary": False,
         "peer_agreement": False,
     }
-    sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}, output="linear"))
+    sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}))
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     # Encoders exported before the input scaling read their side inputs through asinh alone: the identity
     # scaling a fresh encoder holds.

@@ -58,7 +58,6 @@ def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> Encod
         probe_summary=config.probe_summary,
         peer_agreement=config.peer_agreement,
         datasets=tuple(sorted(set(datasets))) if config.dataset_vectors else (),
-        output="linear",
     )
 
 

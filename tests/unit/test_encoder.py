@@ -64,10 +64,6 @@ def test_mixed_batch_shapes():
         pred = encoder(batch)
     assert pred.shape == (3,) and torch.isfinite(pred).all()
     assert _embed(encoder, batch).shape == (3, SMALL.hidden)
-    sigmoid = _encoder(dataclasses.replace(SMALL, output="sigmoid"))
-    with torch.no_grad():
-        squashed = sigmoid(batch)
-    assert ((squashed > 0) & (squashed < 1)).all()
 
 
 def test_default_encoder_runs():
@@ -257,8 +253,6 @@ def test_one_batch_overfit():
 def test_config_checks():
     with pytest.raises(ValueError, match="multiple of heads"):
         EncoderConfig(hidden=30, heads=4)
-    with pytest.raises(ValueError, match="output"):
-        EncoderConfig(output="softmax")
     with pytest.raises(ValueError, match="chunk_micro_batch"):
         EncoderConfig(chunk_micro_batch=0)
     encoder = _encoder(dataclasses.replace(SMALL, max_element_size=9))
@@ -311,7 +305,7 @@ def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
 
     old = _encoder(dataclasses.replace(SMALL, layer_summary="statnn"))
     meta = {"encoder": dataclasses.asdict(old.cfg)}
-    del meta["encoder"]["layer_summary"], meta["encoder"]["output"]  # as such exports were written
+    del meta["encoder"]["layer_summary"]  # as such exports were written
     save_encoder(str(tmp_path), {k: v.numpy() for k, v in old.state_dict().items()}, meta)
     loaded, _ = load_encoder(str(tmp_path))
     assert loaded.cfg.layer_summary == "statnn"
@@ -325,7 +319,7 @@ def _exported_encoder_and_zoo(tmp_path, encoder, checkpoints, training_ids=None,
     from pipeline.export import save_encoder
     from pipeline.zoo import native
 
-    settings = {k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "output"}
+    settings = dataclasses.asdict(encoder.cfg)
     meta = {"encoder": settings, "chunk_size": 4, "normalize": "fan_in", "property": "test_accuracy"} | meta
     meta = {"loss": "mse", "target_mean": 0.5, "target_std": 0.2} | meta
     state = {k: v.numpy() for k, v in encoder.state_dict().items()}
@@ -510,9 +504,7 @@ def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
 
     old = _encoder(SMALL)
     state = {k: v.numpy() for k, v in old.state_dict().items() if not k.startswith("probe_scaling.")}
-    meta = {
-        "encoder": {k: v for k, v in dataclasses.asdict(old.cfg).items() if k not in ("output", "datasets")}
-    }
+    meta = {"encoder": {k: v for k, v in dataclasses.asdict(old.cfg).items() if k != "datasets"}}
     save_encoder(str(tmp_path), state, meta)
     loaded, _ = load_encoder(str(tmp_path))
     torch.testing.assert_close(loaded.probe_scaling.scale, torch.ones(PROBE_FEATURES))
