@@ -176,6 +176,39 @@ def epoch_progress(total_epochs: int):
     return EpochProgress()
 
 
+def _write_test_predictions(path: str, test: dict, pred, true, statnn_pred) -> None:
+    with open(path, "w") as f:
+        f.write(
+            "id,family,dataset,target,prediction"
+            + (",statnn_prediction" if statnn_pred is not None else "")
+            + "\n"
+        )
+        for k in range(len(pred)):
+            extra = f",{statnn_pred[k]:.6f}" if statnn_pred is not None else ""
+            f.write(
+                f"{test['id'][k]},{test['family'][k]},{test['dataset'][k]},{true[k]:.6f},{pred[k]:.6f}{extra}\n"
+            )
+
+
+def _log_results(tracking_uri: str, run_id: str, folder: str, final: dict, config: TrainConfig) -> str | None:
+    """The run's files, final metrics and registered encoder into MLflow; ends the run. Returns the model URI."""
+    tracking.log_artifact(tracking_uri, run_id, os.path.join(folder, "encoder"), "encoder")
+    for name in ("test_scatter.png", "test_metrics.txt", "test_metrics.json", "test_predictions.csv"):
+        tracking.log_artifact(tracking_uri, run_id, os.path.join(folder, name))
+    tracking.log_metrics(
+        tracking_uri, run_id, {k: v for k, v in final.items() if isinstance(v, (int, float))}
+    )
+    model_uri = None
+    if config.register_as:
+        version_tags = {"preset": config.preset, "property": config.property, "task": config.task}
+        version_tags.update(
+            {k: f"{final[k]:.4f}" for k in ("test_kendall_tau", "test_r2", "best_val_kendall_tau")}
+        )
+        model_uri = tracking.register_encoder(tracking_uri, run_id, config.register_as, version_tags)
+    tracking.end_run(tracking_uri, run_id)
+    return model_uri
+
+
 def run_training(
     config: TrainConfig | dict,
     *,
@@ -378,6 +411,7 @@ def run_training(
         checkpoint_uri = storage.join(
             config.storage, "train", os.path.relpath(result.checkpoint.path, train_path)
         )
+    kept = storage.join(config.storage, "train", run_name, "result")
     with tempfile.TemporaryDirectory() as d:
         meta = {
             # Every encoder setting, so predict rebuilds exactly this architecture.
@@ -394,41 +428,25 @@ def run_training(
         training_ids = {part: [i for i, v in assignment.items() if v == part] for part in ("train", "val")}
         save_encoder(os.path.join(d, "encoder"), returned["encoder_state"], meta, training_ids, peers)
         tracking.write_model_spec(os.path.join(d, "encoder"), run_id)
-        tracking.log_artifact(tracking_uri, run_id, os.path.join(d, "encoder"), "encoder")
         title = f"SNE test: tau={overall['kendall_tau']:.3f} ({config.task})"
-        tracking.log_artifact(
-            tracking_uri,
-            run_id,
-            scatter_plot(pred, true, test["family"], os.path.join(d, "test_scatter.png"), title),
-        )
+        scatter_plot(pred, true, test["family"], os.path.join(d, "test_scatter.png"), title)
         with open(os.path.join(d, "test_metrics.txt"), "w") as f:
             f.write(format_table(rows) + "\n")
         with open(os.path.join(d, "test_metrics.json"), "w") as f:
             json.dump(rows, f, indent=2)
-        with open(os.path.join(d, "test_predictions.csv"), "w") as f:
-            f.write(
-                "id,family,dataset,target,prediction"
-                + (",statnn_prediction" if statnn_pred is not None else "")
-                + "\n"
-            )
-            for k in range(len(pred)):
-                extra = f",{statnn_pred[k]:.6f}" if statnn_pred is not None else ""
-                f.write(
-                    f"{test['id'][k]},{test['family'][k]},{test['dataset'][k]},{true[k]:.6f},{pred[k]:.6f}{extra}\n"
-                )
-        for name in ("test_metrics.txt", "test_metrics.json", "test_predictions.csv"):
-            tracking.log_artifact(tracking_uri, run_id, os.path.join(d, name))
-    tracking.log_metrics(
-        tracking_uri, run_id, {k: v for k, v in final.items() if isinstance(v, (int, float))}
-    )
-    model_uri = None
-    if config.register_as:
-        version_tags = {"preset": config.preset, "property": config.property, "task": config.task}
-        version_tags.update(
-            {k: f"{final[k]:.4f}" for k in ("test_kendall_tau", "test_r2", "best_val_kendall_tau")}
-        )
-        model_uri = tracking.register_encoder(tracking_uri, run_id, config.register_as, version_tags)
-    tracking.end_run(tracking_uri, run_id)
+        with open(os.path.join(d, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=2)
+        _write_test_predictions(os.path.join(d, "test_predictions.csv"), test, pred, true, statnn_pred)
+        # The results live in storage beside the run's checkpoints before MLflow is asked to take them, so a
+        # tracking server lost at the end of a long run costs no result.
+        storage.put_folder(d, kept)
+        try:
+            model_uri = _log_results(tracking_uri, run_id, d, final, config)
+        except Exception as e:
+            raise RuntimeError(
+                f"MLflow at {tracking_uri} did not take the results of run {run_id} ({str(e).splitlines()[0]}); "
+                f"they are kept at {kept}: the encoder there works with jobs/predict.py --encoder {kept}/encoder"
+            ) from e
 
     final.update(
         {
@@ -439,6 +457,7 @@ def run_training(
             "encoder_uri": f"runs:/{run_id}/encoder",
             "model_uri": model_uri,
             "checkpoint_uri": checkpoint_uri,
+            "results_uri": kept,
             "chunk_records": prepared.output,
             "split": counts,
             "per_subset": rows,

@@ -66,6 +66,19 @@ def link_outside(root: str, path: str, info: dict) -> str | None:
     return None if target.startswith(inside) or target == inside.rstrip(os.sep) else target
 
 
+def put_folder(local_dir: str, uri: str) -> str:
+    """Copy a local folder's files to ``uri`` (a local path or s3://), replacing what is there."""
+    fs, path = filesystem(uri)
+    for base, _, names in os.walk(local_dir):
+        for name in names:
+            src = os.path.join(base, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            dst = posixpath.join(path, rel) if is_remote(uri) else os.path.join(path, rel)
+            fs.makedirs(posixpath.dirname(dst) if is_remote(uri) else os.path.dirname(dst), exist_ok=True)
+            fs.put_file(src, dst)
+    return uri
+
+
 def write_json(uri: str, value) -> str:
     """Write ``value`` as indented JSON to a local path or URI (what every job's ``--json`` does); the URI.
 

@@ -296,6 +296,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     rng = np.random.default_rng(config.seed * 1000 + rank)
+    tracking_up = True
     for epoch in range(start_epoch, config.epochs):
         losses = []
         batches = train_shard.iter_batches(
@@ -349,10 +350,18 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
                     os.path.join(d, CHECKPOINT_FILE),
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(d)
-                if loop_config.get("run_id"):
-                    tracking.log_metrics(
-                        loop_config["tracking_uri"], loop_config["run_id"], metrics, step=epoch
-                    )
+                if loop_config.get("run_id") and tracking_up:
+                    try:
+                        tracking.log_metrics(
+                            loop_config["tracking_uri"], loop_config["run_id"], metrics, step=epoch
+                        )
+                    except Exception as e:  # the tracking server went away: training goes on
+                        tracking_up = False
+                        print(
+                            f"MLflow did not take epoch {epoch + 1}'s metrics ({str(e).splitlines()[0]}); "
+                            "training goes on without per-epoch metrics in MLflow (Ray Train keeps them)",
+                            flush=True,
+                        )
             ray.train.report(metrics, checkpoint=checkpoint)
 
     if rank != 0:

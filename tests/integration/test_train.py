@@ -202,6 +202,15 @@ def test_paper_preset_trains_on_weights_alone_and_is_recorded(tiny_zoo, tmp_path
     # The encoder is a registered model version, loaded by name as predict loads it, and through MLflow's
     # own pyfunc loader; its artifacts sit beside the SQLite store.
     assert final["model_uri"] == "models:/sne-encoder/1"
+    # The results are kept in storage beside the checkpoints too, whatever becomes of the tracking server.
+    assert final["results_uri"] == f"{config.storage}/train/{final['run_name']}/result"
+    kept, _ = load_encoder(f"{final['results_uri']}/encoder")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(kept.state_dict().values(), encoder.state_dict().values(), strict=True)
+    )
+    fs, path = storage.filesystem(f"{final['results_uri']}/final_metrics.json")
+    assert json.loads(fs.cat_file(path))["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
     by_name, _ = load_encoder("models:/sne-encoder/latest", final["tracking_uri"])
     assert all(
         torch.equal(a, b)
