@@ -31,11 +31,11 @@ def main() -> None:
         fail(str(e))
     ensure_demo_zoo(config.zoo)
 
-    from pipeline.driver import run_training
+    from pipeline.driver import ResultsNotLogged, run_training
 
     try:
         final = run_training(config)
-    except (ZooError, ValueError, FileNotFoundError) as e:
+    except (ZooError, ValueError, FileNotFoundError, ResultsNotLogged) as e:
         fail(str(e))
     print(run_summary(final, config.preset))
     if args.json:

@@ -176,6 +176,10 @@ def epoch_progress(total_epochs: int):
     return EpochProgress()
 
 
+class ResultsNotLogged(RuntimeError):
+    """The run finished and its results are in storage, but the tracking server did not take them."""
+
+
 def _write_test_predictions(path: str, test: dict, pred, true, statnn_pred) -> None:
     with open(path, "w") as f:
         f.write(
@@ -443,7 +447,7 @@ def run_training(
         try:
             model_uri = _log_results(tracking_uri, run_id, d, final, config)
         except Exception as e:
-            raise RuntimeError(
+            raise ResultsNotLogged(
                 f"MLflow at {tracking_uri} did not take the results of run {run_id} ({str(e).splitlines()[0]}); "
                 f"they are kept at {kept}: the encoder there works with jobs/predict.py --encoder {kept}/encoder"
             ) from e
