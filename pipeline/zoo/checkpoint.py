@@ -114,4 +114,7 @@ def validate(checkpoint: Checkpoint) -> str | None:
         value = checkpoint.properties.get(name)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return f"missing property {name!r}"
+        # An infinite label (a CSV "inf", a Parquet float) would make every loss that uses it infinite.
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"property {name!r} is not finite ({value})"
     return None

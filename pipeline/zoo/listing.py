@@ -183,6 +183,20 @@ def relative(root: str, path: str) -> str:
     return path[len(root) :].lstrip("/") if path.startswith(root) else path
 
 
+def printable(name: str) -> str:
+    """A file or folder name as ids and reasons may carry it: bytes that are not UTF-8 (which the OS layer
+    hands over as lone surrogates, unprintable and unstorable in Arrow) become ``\\xNN`` escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def parse_json(data: bytes | str) -> Any:
+    """``json.loads``, with nesting too deep for the parser reported as the ValueError any bad JSON raises."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def mark_duplicates(parts: list[dict], describe: Callable[[dict, int], str]) -> None:
     """Set each part's "rejections" to [[index in part, reason]] for every id listed again after its
     first occurrence; ``describe(part, index)`` names where an id was first listed."""

@@ -14,8 +14,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
 import re
+import zipfile
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -29,7 +31,15 @@ from pipeline.zoo.checkpoint import (
     validate,
     with_generalization_gap,
 )
-from pipeline.zoo.listing import ZooError, ZooListing, file_stamp, fingerprint, relative
+from pipeline.zoo.listing import (
+    ZooError,
+    ZooListing,
+    file_stamp,
+    fingerprint,
+    parse_json,
+    printable,
+    relative,
+)
 
 TRIALS_PER_PART = 64
 CHECKPOINT_FILE = re.compile(r"^checkpoint_(\d+)/checkpoints$")
@@ -80,13 +90,19 @@ TRIAL_NAME = re.compile(r"[^A-Za-z0-9._=+-]+")
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def _zoo_dataset(uri: str, fs, root: str) -> str:
+def _zoo_dataset(uri: str, fs, root: str, outside: dict[str, str]) -> str:
     """The zoo-wide dataset name: config.json's dataset::name, else its dataset::dump, else the folder name."""
+    if "config.json" in outside:
+        raise ZooError(
+            f"{uri}: config.json is a symbolic link to {outside['config.json']}, outside the zoo: not read"
+        )
     config_path = posixpath.join(root, "config.json")
     try:
-        config = json.loads(fs.cat_file(config_path))
+        config = parse_json(fs.cat_file(config_path))
     except FileNotFoundError:
         config = {}
+    except IsADirectoryError:
+        raise ZooError(f"{uri}: config.json is a folder, not a file") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ZooError(f"{uri}: config.json is not valid JSON ({e})") from None
     return _dataset_from(config) or posixpath.basename(root.rstrip("/"))
@@ -120,27 +136,41 @@ def list_zoo(uri: str, epoch: int | None = None) -> ZooListing:
     }
     files = {rel: info for rel, info in found.items() if info["type"] != "directory"}
     trials: dict[str, dict] = {}
+
+    def trial_entry(name: str) -> dict:
+        return trials.setdefault(
+            name, {"files": set(), "checkpoints": {}, "dirs": {}, "folders": {}, "names": {}}
+        )
+
     for rel, info in found.items():
         if "/" not in rel:
-            continue  # zoo-level entries: config.json, dataset.pt, experiment state, the trial folders
+            # Zoo-level entries: config.json, dataset.pt, experiment state, the trial folders. A trial folder
+            # linked from outside the zoo is listed (to be rejected), not passed over in silence.
+            if rel in outside and os.path.isdir(posixpath.join(root, rel)):
+                trial_entry(rel)["link"] = outside[rel]
+            continue
         trial, rest = rel.split("/", 1)
-        entry = trials.setdefault(trial, {"files": set(), "checkpoints": {}, "dirs": {}, "folders": {}})
+        entry = trial_entry(trial)
         if info["type"] != "directory":
             entry["files"].add(rest)
         if m := CHECKPOINT_FILE.match(rest):
             # A folder where the checkpoint file belongs is named as such, not opened.
             entry["folders" if info["type"] == "directory" else "checkpoints"][int(m.group(1))] = rest
-        in_folder = "/" in rest or info["type"] == "directory"
+        # A checkpoint folder linked from outside is listed too: the trial is then rejected, unread.
+        in_folder = "/" in rest or info["type"] == "directory" or rel in outside
         if in_folder and (m := CHECKPOINT_DIR.match(rest.split("/", 1)[0])):
             entry["dirs"][int(m.group(1))] = m.group(0)
+            entry["names"].setdefault(int(m.group(1)), set()).add(m.group(0))
     trials = {
-        name: t for name, t in trials.items() if t["dirs"] or t["files"] & {"params.json", "result.json"}
+        name: t
+        for name, t in trials.items()
+        if t["dirs"] or t["files"] & {"params.json", "result.json"} or t.get("link")
     }
     if not trials:
         raise ZooError(
             f"empty zoo: {uri} has no trial folders (holding params.json, result.json or checkpoint_<N>/)"
         )
-    zoo_dataset = _zoo_dataset(uri, fs, root)
+    zoo_dataset = _zoo_dataset(uri, fs, root, outside)
     options = {"epoch": epoch}
 
     entries = []
@@ -152,14 +182,28 @@ def list_zoo(uri: str, epoch: int | None = None) -> ZooListing:
         entry = {"name": name, "epoch": chosen, "checkpoint": t["checkpoints"].get(chosen), "reason": None}
         missing = [f for f in ("params.json", "result.json") if f not in t["files"]]
         escaping = [
-            f for f in ("params.json", "result.json", entry["checkpoint"]) if f and f"{name}/{f}" in outside
+            f
+            for f in ("params.json", "result.json", t["dirs"].get(chosen), entry["checkpoint"])
+            if f and f"{name}/{f}" in outside
         ]
-        if escaping:
+        if printable(name) != name:
+            # An id must be printable and storable (Arrow strings are UTF-8): listed in escaped form, unread.
+            entry["name"] = printable(name)
+            entry["reason"] = "trial folder name is not valid UTF-8: not read"
+        elif t.get("link"):
+            entry["reason"] = f"{name} is a symbolic link to {t['link']}, outside the zoo: not read"
+        elif escaping:
             entry["reason"] = (
                 f"{escaping[0]} is a symbolic link to {outside[f'{name}/{escaping[0]}']}, outside the zoo: not read"
             )
         elif missing:
             entry["reason"] = f"missing {' and '.join(missing)}"
+        elif len(t["names"].get(chosen, ())) > 1:
+            found_names = ", ".join(sorted(t["names"][chosen]))
+            entry["reason"] = (
+                f"{len(t['names'][chosen])} checkpoint folders for epoch {chosen} ({found_names}): which one "
+                "is meant is ambiguous"
+            )
         elif chosen in t["folders"]:
             entry["reason"] = f"{t['folders'][chosen]} is a folder, not a checkpoint file"
         elif chosen is None:
@@ -212,17 +256,21 @@ def _read_trial(fs, root: str, trial: dict, zoo_dataset: str) -> Checkpoint | Re
     name, epoch = trial["name"], trial["epoch"]
     folder = posixpath.join(root, name)
     try:
-        params = json.loads(fs.cat_file(posixpath.join(folder, "params.json")))
+        params = parse_json(fs.cat_file(posixpath.join(folder, "params.json")))
         if not isinstance(params, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:
         return Rejection(name, "params.json is missing")
+    except IsADirectoryError:  # a link, inside the zoo, to a folder
+        return Rejection(name, "params.json is a folder, not a file")
     except (ValueError, UnicodeDecodeError) as e:
         return Rejection(name, f"params.json is not valid JSON: {e}")
     try:
         result_text = fs.cat_file(posixpath.join(folder, "result.json")).decode()
     except FileNotFoundError:
         return Rejection(name, "result.json is missing")
+    except IsADirectoryError:
+        return Rejection(name, "result.json is a folder, not a file")
     except UnicodeDecodeError as e:
         return Rejection(name, f"result.json is not text: {e}")
     properties = _properties(result_text, epoch)
@@ -234,6 +282,8 @@ def _read_trial(fs, root: str, trial: dict, zoo_dataset: str) -> Checkpoint | Re
         blob = fs.cat_file(checkpoint_path)
     except FileNotFoundError:
         return Rejection(name, f"{trial['checkpoint']} is missing")
+    except IsADirectoryError:
+        return Rejection(name, f"{trial['checkpoint']} is a folder, not a checkpoint file")
     state = _load_state_dict(blob, trial["checkpoint"])
     if isinstance(state, str):
         return Rejection(name, state)
@@ -265,7 +315,7 @@ def _properties(result_text: str, epoch: int) -> dict[str, float] | str:
         if not raw.strip():
             continue
         try:
-            line = json.loads(raw)
+            line = parse_json(raw)
         except ValueError:
             bad += 1
             continue
@@ -293,6 +343,13 @@ def _load_state_dict(blob: bytes, rel: str) -> dict[str, np.ndarray] | str:
 
     import torch
 
+    if packed := _compressed_records(blob):
+        largest = max(packed, key=lambda info: info.file_size)
+        return (
+            f"{rel}: {len(packed)} compressed record(s), the largest {largest.filename} unpacking to "
+            f"{largest.file_size} bytes from {largest.compress_size}; torch.save stores records uncompressed, "
+            "and inflating them could fill memory: refused unread"
+        )
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -313,8 +370,28 @@ def _load_state_dict(blob: bytes, rel: str) -> dict[str, np.ndarray] | str:
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             return f"{rel}: entry {key!r} is a {type(value).__name__}, not a tensor"
+        if value.layout != torch.strided:
+            return f"{rel}: entry {key!r} is a {value.layout} tensor, not a dense one"
+        # Weights are real floats; an integer buffer (BatchNorm's num_batches_tracked) is named below as an
+        # entry this reader does not support.
+        if value.is_complex() or (not value.is_floating_point() and STATE_KEY.match(str(key))):
+            return f"{rel}: entry {key!r} holds {value.dtype}, not floating-point weights"
+        # Strides can make a few stored bytes look like any number of elements (stride 0 repeats them);
+        # converting or checking such a tensor would allocate all of them.
+        stored = value.untyped_storage().nbytes() // value.element_size()
+        if value.numel() > stored:
+            return f"{rel}: entry {key!r} claims {value.numel()} elements but its stored data holds {stored}"
         out[str(key)] = value.detach().to(torch.float32).numpy()
     return out
+
+
+def _compressed_records(blob: bytes) -> list[zipfile.ZipInfo]:
+    """The compressed records of a zip checkpoint, read from its central directory (nothing inflated)."""
+    try:
+        infos = zipfile.ZipFile(io.BytesIO(blob)).infolist()
+    except Exception:  # not a zip, or a damaged one: torch.load then says what is wrong with it
+        return []
+    return [info for info in infos if info.compress_type != zipfile.ZIP_STORED]
 
 
 def _first_line(e: Exception) -> str:

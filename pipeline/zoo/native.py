@@ -25,7 +25,16 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.zoo.checkpoint import Checkpoint, Layer, Rejection, validate, with_generalization_gap
-from pipeline.zoo.listing import ZooError, ZooListing, file_stamp, fingerprint, mark_duplicates, relative
+from pipeline.zoo.listing import (
+    ZooError,
+    ZooListing,
+    file_stamp,
+    fingerprint,
+    mark_duplicates,
+    parse_json,
+    printable,
+    relative,
+)
 
 FORMAT_NAME = "sne-native"
 VERSION = 1
@@ -57,9 +66,11 @@ def _shard_uri(zoo_uri: str, shard: str) -> str:
 def _check_zoo_json(zoo_uri: str) -> None:
     fs, path = storage.filesystem(storage.join(zoo_uri, "zoo.json"))
     try:
-        meta = json.loads(fs.cat_file(path))
+        meta = parse_json(fs.cat_file(path))
     except FileNotFoundError:
         raise ZooError(f"{zoo_uri} is not a native zoo: zoo.json is missing") from None
+    except IsADirectoryError:
+        raise ZooError(f"{zoo_uri}: zoo.json is a folder, not a file") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ZooError(f"{zoo_uri}: zoo.json is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
@@ -74,19 +85,39 @@ def _check_zoo_json(zoo_uri: str) -> None:
 # --- reading ---------------------------------------------------------------------------------------
 
 
+def _link_out(rel: str, outside: dict[str, str]) -> str | None:
+    """``rel`` or the first folder above it that is a link out of the zoo (reading through it would leave the
+    zoo); None when there is none. ``find`` does not descend into linked folders, so their files go unlisted."""
+    steps = rel.split("/")
+    for k in range(1, len(steps) + 1):
+        if (prefix := "/".join(steps[:k])) in outside:
+            return prefix
+    return None
+
+
+def _id_column(blob: bytes) -> list[str]:
+    """The manifest part's ids; ValueError when the column cannot hold ids (another type, or nulls)."""
+    column = pq.read_table(io.BytesIO(blob), columns=["id"]).column("id")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ValueError(f"column id holds {column.type}, not strings")
+    if column.null_count:
+        raise ValueError(f"{column.null_count} row(s) without an id")
+    return column.to_pylist()
+
+
 def list_zoo(uri: str) -> ZooListing:
     """One part per committed shard (one whose manifest part exists); duplicate ids are marked."""
     fs, root = storage.filesystem(uri)
-    found = fs.find(root, detail=True)
+    # withdirs: a folder where a manifest part belongs is named as such, not passed over.
+    found = {p: info for p, info in fs.find(root, withdirs=True, detail=True).items() if relative(root, p)}
     files = {relative(root, p): info for p, info in found.items()}
-    # Files that are links out of the zoo are named, never read.
+    # Files that are links out of the zoo (or lie under such a folder) are named, never read.
     outside = {
         relative(root, p): t for p, info in found.items() if (t := storage.link_outside(root, p, info))
     }
-    if "zoo.json" in outside:
-        raise ZooError(
-            f"{uri}: zoo.json is a symbolic link to {outside['zoo.json']}, outside the zoo: not read"
-        )
+    for name in ("zoo.json", "manifest"):
+        if name in outside:
+            raise ZooError(f"{uri}: {name} is a symbolic link to {outside[name]}, outside the zoo: not read")
     _check_zoo_json(uri)
     manifests = sorted(
         rel[len("manifest/") : -len(".parquet")]
@@ -100,35 +131,46 @@ def list_zoo(uri: str) -> ZooListing:
     for start in range(0, len(manifests), MANIFEST_BATCH):
         batch = manifests[start : start + MANIFEST_BATCH]
         paths = [posixpath.join(root, "manifest", f"{s}.parquet") for s in batch]
-        blobs = fs.cat([p for p in paths if relative(root, p) not in outside], on_error="return")
+        readable = [
+            p
+            for p in paths
+            if relative(root, p) not in outside and files[relative(root, p)]["type"] != "directory"
+        ]
+        blobs = fs.cat(readable, on_error="return")
         for shard, path in zip(batch, paths, strict=True):
             part = {"uri": uri, "format": "native", "options": {}, "shard": shard}
             blob = blobs.get(path)
+            shown = printable(shard)
             escaping = [
-                f for f in (f"manifest/{shard}.parquet", f"shards/{shard}.safetensors") if f in outside
+                link
+                for f in (f"manifest/{shard}.parquet", f"shards/{shard}.safetensors")
+                if (link := _link_out(f, outside))
             ]
             try:
                 if escaping:
                     raise ZooError(
-                        f"{escaping[0]} is a symbolic link to {outside[escaping[0]]}, outside the zoo: not read"
+                        f"{printable(escaping[0])} is a symbolic link to {outside[escaping[0]]}, outside the zoo: "
+                        "not read"
                     )
+                if files[f"manifest/{shard}.parquet"]["type"] == "directory":
+                    raise ZooError(f"manifest/{shown}.parquet is a folder, not a file")
                 if blob is None:
                     blob = FileNotFoundError(path)
                 if isinstance(blob, BaseException):
                     raise blob
-                ids = pq.read_table(io.BytesIO(blob), columns=["id"]).column("id").to_pylist()
-            except ZooError as e:  # a link out of the zoo: the shard is rejected whole, unread
-                part["ids"] = [f"{shard}/*"]
+                ids = _id_column(blob)
+            except ZooError as e:  # a link out of the zoo or a folder: the shard is rejected whole, unread
+                part["ids"] = [f"{shown}/*"]
                 part["manifest_error"] = str(e)
             except Exception as e:  # an unreadable manifest cannot list its checkpoints: one entry
-                part["ids"] = [f"{shard}/*"]
-                part["manifest_error"] = f"manifest part manifest/{shard}.parquet is unreadable: {e}"
+                part["ids"] = [f"{shown}/*"]
+                part["manifest_error"] = f"manifest part manifest/{shown}.parquet is unreadable: {e}"
             else:
-                part["ids"] = [str(i) for i in ids]
+                part["ids"] = ids
             parts.append(part)
 
     parts = [part for part in parts if part["ids"]]  # a manifest part with no rows lists nothing
-    mark_duplicates(parts, lambda part, i: f"shard {part['shard']}")
+    mark_duplicates(parts, lambda part, i: f"shard {printable(part['shard'])}")
     committed = {"zoo.json"} | {f"manifest/{s}.parquet" for s in manifests}
     committed |= {f"shards/{s}.safetensors" for s in manifests}
     stamps = [(rel, int(info["size"]), file_stamp(info)) for rel, info in files.items() if rel in committed]
@@ -148,6 +190,7 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
 
     ids: list[str] = part["ids"]
     shard = part["shard"]
+    shown = printable(shard)
 
     def reject_all(reason: str) -> Iterator[Rejection]:
         for cid in ids:
@@ -157,21 +200,27 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
         yield from reject_all(part["manifest_error"])
         return
     fs, manifest_path = storage.filesystem(_manifest_uri(part["uri"], shard))
+    rows: dict = {}
     try:
-        rows = {row["id"]: row for row in pq.read_table(io.BytesIO(fs.cat_file(manifest_path))).to_pylist()}
+        # A repeated id is read from its first row; its later listings are rejected as duplicates.
+        for row in pq.read_table(io.BytesIO(fs.cat_file(manifest_path))).to_pylist():
+            rows.setdefault(row["id"], row)
     except Exception as e:
-        yield from reject_all(f"manifest part manifest/{shard}.parquet is unreadable: {e}")
+        yield from reject_all(f"manifest part manifest/{shown}.parquet is unreadable: {e}")
         return
     _, shard_path = storage.filesystem(_shard_uri(part["uri"], shard))
     try:
         blob = fs.cat_file(shard_path)
-    except FileNotFoundError:
-        yield from reject_all(f"shard file shards/{shard}.safetensors is missing")
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a file named "shards"
+        yield from reject_all(f"shard file shards/{shown}.safetensors is missing")
+        return
+    except IsADirectoryError:
+        yield from reject_all(f"shard file shards/{shown}.safetensors is a folder, not a file")
         return
     try:
         tensors = safetensors.numpy.load(blob)
     except Exception as e:
-        yield from reject_all(f"shard file shards/{shard}.safetensors is corrupt or truncated: {e}")
+        yield from reject_all(f"shard file shards/{shown}.safetensors is corrupt or truncated: {e}")
         return
     del blob
 
@@ -182,12 +231,12 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
             continue
         row = rows.get(cid)
         if row is None:
-            yield Rejection(cid, f"no longer in manifest/{shard}.parquet (the zoo changed after listing)")
+            yield Rejection(cid, f"no longer in manifest/{shown}.parquet (the zoo changed after listing)")
             continue
         try:
-            item = _checkpoint_from_row(row, tensors, shard)
+            item = _checkpoint_from_row(row, tensors, shown)
         except (KeyError, TypeError, ValueError) as e:
-            yield Rejection(cid, f"manifest row in shard {shard} is malformed: {e}")
+            yield Rejection(cid, f"manifest row in shard {shown} is malformed: {e}")
             continue
         if isinstance(item, Checkpoint):
             reason = validate(item)
@@ -197,9 +246,20 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
 
 
 def _checkpoint_from_row(row: dict, tensors: dict[str, np.ndarray], shard: str) -> Checkpoint | Rejection:
+    """The checkpoint of one manifest row; TypeError / ValueError / KeyError when the row is malformed."""
+    for name in ("id", "family", "dataset", "layers"):
+        if not isinstance(row[name], str):
+            raise TypeError(f"{name} is {type(row[name]).__name__} {row[name]!r}, not a string")
+    if not isinstance(row["num_params"], int) or isinstance(row["num_params"], bool):
+        raise TypeError(
+            f"num_params is {type(row['num_params']).__name__} {row['num_params']!r}, not an integer"
+        )
+    hyperparameters = parse_json(row["hyperparameters"] or "{}")
+    if not isinstance(hyperparameters, dict):
+        raise TypeError(f"hyperparameters is {type(hyperparameters).__name__}, not a JSON object")
     cid = row["id"]
     layers: list[Layer] = []
-    for spec in json.loads(row["layers"]):
+    for spec in parse_json(row["layers"]):
         arrays = []
         for what, shape in (("weight", spec["weight_shape"]), ("bias", spec.get("bias_shape"))):
             if shape is None:
@@ -231,7 +291,7 @@ def _checkpoint_from_row(row: dict, tensors: dict[str, np.ndarray], shard: str) 
         dataset=row["dataset"],
         layers=layers,
         properties=with_generalization_gap(properties),
-        hyperparameters=json.loads(row["hyperparameters"] or "{}"),
+        hyperparameters=hyperparameters,
     )
     if row["num_params"] != checkpoint.num_params:
         return Rejection(

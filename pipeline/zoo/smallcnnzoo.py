@@ -32,6 +32,7 @@ from pipeline.zoo.listing import (
     file_stamp,
     fingerprint,
     mark_duplicates,
+    printable,
     relative,
 )
 
@@ -48,6 +49,13 @@ SMALLCNN_SPEC = (
     ("linear", (10, 16), (10,)),
 )
 KIND_OF_KERNEL_NDIM = {4: "conv2d", 3: "conv1d", 2: "linear"}
+# A 2-D float matrix's .npy header is under 128 bytes; numpy itself refuses headers over 10 000 as unsafe.
+# A larger length field is damage, and must not decide how much is fetched.
+NPY_HEADER_MAX = 2**16
+# Metrics CSVs deflate 3-10x. One that inflates past both this ratio and this size is a decompression bomb,
+# refused before pandas parses it (parsing costs several times the text in memory).
+METRICS_MAX_RATIO = 64
+METRICS_MAX_SMALL = 64 * 2**20
 KERAS_NAME = {"conv2d": "conv2d", "conv1d": "conv1d", "linear": "dense"}
 
 
@@ -89,7 +97,10 @@ def read_layout(layout_uri: str) -> tuple[list[dict], int]:
     Each layer: {"name", "kind", "kernel": [start, end, keras shape], "bias": [start, end, shape] | None}.
     """
     fs, path = storage.filesystem(layout_uri)
-    text = fs.cat_file(path).decode()
+    try:
+        text = fs.cat_file(path).decode()
+    except UnicodeDecodeError as e:
+        raise ZooError(f"{layout_uri} is not UTF-8 text ({e})") from None
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in LAYOUT_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
@@ -98,6 +109,8 @@ def read_layout(layout_uri: str) -> tuple[list[dict], int]:
     end_prev = 0
     for n, row in enumerate(reader, start=2):
         where = f"{layout_uri} line {n} ({row['varname']})"
+        if blank := [c for c in LAYOUT_COLUMNS if row.get(c) is None]:  # a short (cut) row
+            raise ZooError(f"{where}: missing value(s) for {', '.join(blank)}")
         try:
             start, end, size = int(row["start_idx"]), int(row["end_idx"]), int(row["size"])
             shape = _parse_shape(row["shape"])
@@ -146,6 +159,11 @@ def read_npy_header(weights_uri: str) -> dict:
         raise ZooError(f"{weights_uri}: not a .npy file ({e})") from None
     length_bytes = 2 if version == (1, 0) else 4
     header_len = int.from_bytes(head[8 : 8 + length_bytes], "little")
+    if header_len > NPY_HEADER_MAX:
+        raise ZooError(
+            f"{weights_uri}: its .npy header claims {header_len} bytes, more than the {NPY_HEADER_MAX} any "
+            "weights matrix needs (damaged)"
+        )
     prefix = io.BytesIO(fs.cat_file(path, start=0, end=8 + length_bytes + header_len))
     np.lib.format.read_magic(prefix)
     try:
@@ -225,6 +243,10 @@ def list_zoo(uri: str, steps: str = "final") -> ZooListing:
         for f in SMALLCNNZOO_FILES:
             if target := storage.link_outside(root, infos[f]["name"], infos[f]):
                 raise ZooError(f"{folder_uri}: {f} is a symbolic link to {target}, outside the zoo: not read")
+            if infos[f]["type"] == "directory" or (
+                infos[f].get("islink") and os.path.isdir(infos[f]["name"])
+            ):
+                raise ZooError(f"{folder_uri}: {f} is a folder, not a file")
         stamps += [
             (relative(root, infos[f]["name"]) or f, int(infos[f]["size"]), file_stamp(infos[f]))
             for f in SMALLCNNZOO_FILES
@@ -242,6 +264,15 @@ def list_zoo(uri: str, steps: str = "final") -> ZooListing:
                 f"{folder_uri}: weights.npy has {header['rows']} rows but metrics.csv.gz has {len(metrics)}; "
                 f"they must be aligned row by row"
             )
+        # Fewer bytes than claimed is a truncation (rows past the end are rejected as read); more means the
+        # header does not describe the file (a wrong dtype or shape), so no row can be trusted.
+        data_bytes = int(infos["weights.npy"]["size"]) - header["offset"]
+        claimed = header["rows"] * header["cols"] * np.dtype(header["dtype"]).itemsize
+        if data_bytes > claimed:
+            raise ZooError(
+                f"{folder_uri}: weights.npy holds {data_bytes} bytes after its header, its header claims "
+                f"{claimed} ({header['rows']} rows × {header['cols']} columns of {header['dtype']})"
+            )
         parts += _folder_parts(uri, folder_uri, steps, layers, header, metrics)
     if not parts:
         raise ZooError(
@@ -249,7 +280,7 @@ def list_zoo(uri: str, steps: str = "final") -> ZooListing:
             + (f" with step {FINAL_STEP} (use steps='all' for every step)" if steps == "final" else "")
         )
 
-    mark_duplicates(parts, lambda part, i: f"{part['folder']} row {part['rows'][i]}")
+    mark_duplicates(parts, lambda part, i: f"{printable(part['folder'])} row {part['rows'][i]}")
     options = {"steps": steps}
     return ZooListing(
         uri=uri,
@@ -261,12 +292,30 @@ def list_zoo(uri: str, steps: str = "final") -> ZooListing:
     )
 
 
+def _inflates_past(blob: bytes, limit: int) -> bool:
+    """Whether gzip ``blob`` inflates to more than ``limit`` bytes, found out a chunk at a time."""
+    total = 0
+    with gzip.GzipFile(fileobj=io.BytesIO(blob)) as f:
+        while chunk := f.read(2**20):
+            total += len(chunk)
+            if total > limit:
+                return True
+    return False
+
+
 def _read_metrics(metrics_uri: str) -> pd.DataFrame:
     fs, path = storage.filesystem(metrics_uri)
+    blob = fs.cat_file(path)
+    limit = max(METRICS_MAX_SMALL, METRICS_MAX_RATIO * len(blob))
     try:
-        metrics = pd.read_csv(io.BytesIO(fs.cat_file(path)), compression="gzip", index_col=0)
+        bomb = _inflates_past(blob, limit)
+        metrics = None if bomb else pd.read_csv(io.BytesIO(blob), compression="gzip", index_col=0)
     except Exception as e:  # gzip/CSV errors come in many types; the zoo is unusable either way
         raise ZooError(f"{metrics_uri}: unreadable ({type(e).__name__}: {e})") from None
+    if bomb:
+        raise ZooError(
+            f"{metrics_uri}: inflates past {limit} bytes from {len(blob)} (a decompression bomb): not parsed"
+        )
     missing = [c for c in ("modeldir", "step") if c not in metrics.columns]
     if missing:
         raise ZooError(f"{metrics_uri}: missing column(s) {', '.join(missing)}")
@@ -276,7 +325,7 @@ def _read_metrics(metrics_uri: str) -> pd.DataFrame:
 def _folder_parts(
     uri: str, folder_uri: str, steps: str, layers: list[dict], header: dict, metrics: pd.DataFrame
 ) -> list[dict]:
-    folder_name = posixpath.basename(folder_uri.rstrip("/"))
+    folder_name = printable(posixpath.basename(folder_uri.rstrip("/")))  # ids must be valid UTF-8
     if "config.dataset" in metrics.columns:
         datasets = [folder_name if d is None else str(d) for d in _python_values(metrics["config.dataset"])]
     else:
@@ -342,7 +391,7 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
         size = fs.size(path)
     except FileNotFoundError:
         for cid in part["ids"]:
-            yield Rejection(cid, f"{weights_uri} is missing")
+            yield Rejection(cid, f"{printable(weights_uri)} is missing")
         return
     runs: list[list[int]] = []  # [first row, last row] of consecutive listed rows
     for row in rows:
