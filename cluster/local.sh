@@ -36,9 +36,13 @@ launch() {  # name, command...
 }
 
 write_env() {
+  # The local S3 server accepts any credentials: a fresh random secret per cluster, so a secret that leaks
+  # into a log, an MLflow run or a record can be searched for (tests/cluster does).
+  local secret
+  secret="local-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
   cat >"$STATE/env.sh" <<ENV
-# Source this file to talk to the local cluster. Dummy credentials: the local S3 server accepts any.
-export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+# Source this file to talk to the local cluster. Its S3 server takes any credentials; these are made up.
+export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=$secret AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 export MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
@@ -48,6 +52,7 @@ export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
 export RAY_AUTH_MODE=disabled
 export SNE_BUCKET=$BUCKET
 ENV
+  chmod 600 "$STATE/env.sh"  # it holds credentials: its owner's to read
 }
 
 up() {

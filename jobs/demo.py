@@ -15,8 +15,7 @@ import dataclasses
 from pipeline import config as cfg
 from pipeline import storage
 from pipeline.evaluation import run_summary
-from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, fail, start_ray
-from pipeline.zoo import ZooError
+from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, start_ray, user_errors
 
 READS = {"demo": "weights, layer summaries, probes, dataset vectors", "paper": "weights only"}
 
@@ -28,11 +27,9 @@ def main() -> None:
     p.add_argument("--json", help="write both runs' final metrics here as JSON")
     args = p.parse_args()
 
-    try:
+    with user_errors():
         start_ray(args.num_cpus, verbose=args.verbose)
-    except ValueError as e:
-        fail(str(e))
-    ensure_demo_zoo(cfg.TrainConfig().zoo)
+        ensure_demo_zoo(cfg.TrainConfig().zoo)
     from pipeline.driver import run_training
 
     finals = {}
@@ -44,10 +41,8 @@ def main() -> None:
         config.validate()
 
         print(f"\n=== SNE, preset {preset} ({READS[preset]}) ===")
-        try:
+        with user_errors():
             finals[preset] = run_training(config)
-        except (ZooError, ValueError, FileNotFoundError) as e:
-            fail(str(e))
         print(run_summary(finals[preset], preset))
 
     statnn = finals["paper"]

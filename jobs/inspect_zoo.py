@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from pipeline import storage
-from pipeline.runtime import fail
-from pipeline.zoo import FORMATS, ZooError
+from pipeline.runtime import user_errors
+from pipeline.zoo import FORMATS
 from pipeline.zoo.summary import format_summary, summarize_zoo
 
 
@@ -24,12 +24,10 @@ def main() -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = p.parse_args()
 
-    try:
+    with user_errors():
         summary = summarize_zoo(
             args.zoo, args.format, steps=args.steps, epoch=args.epoch, progress=not args.no_progress
         )
-    except ZooError as e:
-        fail(str(e))
     print(format_summary(summary))
     if args.json:
         storage.write_json(args.json, summary)

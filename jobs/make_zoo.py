@@ -13,8 +13,7 @@ import argparse
 
 from pipeline import storage
 from pipeline.generate import FORMATS, PRESETS, GenerationError, make_zoo
-from pipeline.runtime import add_ray_arguments, fail
-from pipeline.zoo import ZooError
+from pipeline.runtime import add_ray_arguments, user_errors
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the summary here as JSON (local path or URI)")
     args = p.parse_args()
 
-    try:
+    with user_errors(GenerationError):
         summary = make_zoo(
             args.out,
             preset=args.preset,
@@ -46,8 +45,6 @@ def main() -> None:
             count=args.count,
             verbose=args.verbose,
         )
-    except (ZooError, ValueError, GenerationError) as e:
-        fail(str(e))
     print(format_summary(summary))
     if args.json:
         storage.write_json(args.json, summary)

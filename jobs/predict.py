@@ -22,8 +22,7 @@ import argparse
 from pipeline import storage
 from pipeline.evaluation import format_table
 from pipeline.predict import plot_predictions, predict_zoo, write_predictions
-from pipeline.runtime import fail, quiet_logs
-from pipeline.zoo import ZooError
+from pipeline.runtime import quiet_logs, user_errors
 
 
 def main() -> None:
@@ -52,12 +51,10 @@ def main() -> None:
     args = p.parse_args()
     if not args.verbose:
         quiet_logs()
-    try:
+    with user_errors():
         result = predict_zoo(
             args.encoder, args.zoo, format=args.format, tracking_uri=args.tracking_uri, progress=True
         )
-    except (ZooError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
     write_predictions(result["rows"], args.out)
     print(
         f"{len(result['rows'])} predictions of {result['property']} written to {args.out}; {len(result['rejected'])} rejected"

@@ -10,8 +10,7 @@ import argparse
 from pipeline import storage
 from pipeline.config import TrainConfig
 from pipeline.data import prepare_chunk_records
-from pipeline.runtime import add_ray_arguments, fail, start_ray
-from pipeline.zoo import ZooError
+from pipeline.runtime import add_ray_arguments, start_ray, user_errors
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     p.add_argument("--json", help="write the summary here as JSON")
     args = p.parse_args()
 
-    try:
+    with user_errors():
         start_ray(args.num_cpus, verbose=args.verbose)
         summary = prepare_chunk_records(
             args.zoo,
@@ -42,8 +41,6 @@ def main() -> None:
             steps=args.steps,
             epoch=args.epoch,
         )
-    except (ZooError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
     state = "reused cached" if summary.reused else f"wrote in {summary.seconds:.1f} s"
     print(
         f"{summary.records} chunk records, {summary.rejected} rejected of {summary.listed} listed "

@@ -13,8 +13,7 @@ import argparse
 from pipeline import config as cfg
 from pipeline import storage, tracking
 from pipeline.evaluation import run_summary
-from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, fail, start_ray
-from pipeline.zoo import ZooError
+from pipeline.runtime import add_ray_arguments, ensure_demo_zoo, start_ray, user_errors
 
 
 def main() -> None:
@@ -23,20 +22,16 @@ def main() -> None:
     add_ray_arguments(p)
     p.add_argument("--json", help="write the final metrics here as JSON")
     args = p.parse_args()
-    try:
+    with user_errors():
         config = cfg.from_args(args)
         tracking.check_reachable(tracking.resolve_tracking_uri(config.tracking_uri))
         start_ray(args.num_cpus, verbose=args.verbose)
-    except ValueError as e:
-        fail(str(e))
-    ensure_demo_zoo(config.zoo)
+        ensure_demo_zoo(config.zoo)
 
     from pipeline.driver import ResultsNotLogged, run_training
 
-    try:
+    with user_errors(ResultsNotLogged):
         final = run_training(config)
-    except (ZooError, ValueError, FileNotFoundError, ResultsNotLogged) as e:
-        fail(str(e))
     print(run_summary(final, config.preset))
     if args.json:
         storage.write_json(args.json, final)

@@ -14,10 +14,9 @@ import dataclasses
 
 from pipeline import config as cfg
 from pipeline import storage, tracking
-from pipeline.runtime import add_ray_arguments, fail, start_ray
+from pipeline.runtime import add_ray_arguments, fail, start_ray, user_errors
 from pipeline.tracking import ui_command
 from pipeline.tune import SweepSpec, format_trials, grid_size, run_sweep
-from pipeline.zoo import ZooError
 
 TRIAL_WORKERS = 1  # Ray Train workers per trial unless --num-workers says otherwise
 
@@ -111,10 +110,8 @@ def main() -> None:
     print(
         f"sweep: {grid_size(spec)} trials ({spec.search}), up to {spec.max_epochs} epochs each, ASHA early stopping"
     )
-    try:
+    with user_errors():
         summary = run_sweep(base, spec)
-    except (ZooError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
     print()
     print(format_trials(summary["trials"]))
     print()

@@ -50,6 +50,8 @@ CLAIM_CONFIRM_S = 2.0
 WAIT_POLL_S = 2.0
 CHECKED_FOLDERS = ("records", "rejected")
 logger = logging.getLogger(__name__)
+# Writers of this process that are writing now (a marker naming this process but none of these is stale).
+_WRITING_HERE: set[str] = set()
 REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string())])
 # Chunk records leave a task in slices of this many rows so one huge part never sits in memory whole.
 ROWS_PER_BLOCK = 64
@@ -332,16 +334,35 @@ def _write_writer(out: str, owner: str) -> None:
     storage.write_bytes_atomic(storage.join(out, WRITING_MARKER), json.dumps(marker).encode())
 
 
+def _writer_is_gone(writer: dict) -> bool:
+    """Whether the prepare that wrote this marker has stopped: its heartbeat is stale, or it ran on this
+    host and its process is gone (a rerun after a failure need not wait out the heartbeat), or it was an
+    earlier, finished prepare of this very process."""
+    if time.time() - writer.get("heartbeat", 0) > STALE_WRITER_S:
+        return True
+    if writer.get("host") != socket.gethostname() or not isinstance(writer.get("pid"), int):
+        return False
+    if writer["pid"] == os.getpid():
+        return writer.get("owner") not in _WRITING_HERE
+    try:
+        os.kill(writer["pid"], 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
+
+
 def _claim_output(out: str, fingerprint: str, chunk_size: int) -> str | None:
     """Become the one prepare writing ``out``: returns this writer's id, or None once another prepare has
-    completed the output meanwhile. Waits while a live writer (a recent heartbeat) holds it."""
+    completed the output meanwhile. Waits while a live writer holds it (``_writer_is_gone``)."""
     owner = uuid.uuid4().hex
     announced = False
     while True:
         if _completes(read_completion(out), fingerprint, chunk_size):
             return None
         writer = _read_writer(out)
-        if writer is None or time.time() - writer.get("heartbeat", 0) > STALE_WRITER_S:
+        if writer is None or _writer_is_gone(writer):
             _write_writer(out, owner)
             time.sleep(CLAIM_CONFIRM_S)
             if (_read_writer(out) or {}).get("owner") == owner:
@@ -359,7 +380,11 @@ def _claim_output(out: str, fingerprint: str, chunk_size: int) -> str | None:
 
 
 class _heartbeat:
-    """Keeps this writer's marker fresh while it writes; removes the marker when done (or failed)."""
+    """Keeps this writer's marker fresh while it writes; removes the marker when done (or failed).
+
+    A heartbeat that storage does not take is tried again at the next beat; a marker that cannot be
+    removed at the end (storage gone) is left for ``_writer_is_gone`` and never hides the job's own error.
+    """
 
     def __init__(self, out: str, owner: str) -> None:
         self.out, self.owner, self.stop = out, owner, threading.Event()
@@ -367,17 +392,25 @@ class _heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
-            _write_writer(self.out, self.owner)
+            try:
+                _write_writer(self.out, self.owner)
+            except Exception as e:  # noqa: BLE001 - storage away for a while: the next beat tries again
+                logger.warning("could not refresh the writing marker of %s: %s", self.out, e)
 
     def __enter__(self) -> None:
+        _WRITING_HERE.add(self.owner)
         self.thread.start()
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        if (_read_writer(self.out) or {}).get("owner") == self.owner:
-            fs, path = storage.filesystem(storage.join(self.out, WRITING_MARKER))
-            fs.rm(path)
+        _WRITING_HERE.discard(self.owner)
+        try:
+            if (_read_writer(self.out) or {}).get("owner") == self.owner:
+                fs, path = storage.filesystem(storage.join(self.out, WRITING_MARKER))
+                fs.rm(path)
+        except Exception as e:  # noqa: BLE001 - the job's own outcome matters more than its marker
+            logger.warning("could not remove the writing marker of %s: %s", self.out, e)
 
 
 def count_probed(records_uri: str) -> int:

@@ -194,23 +194,46 @@ def _write_test_predictions(path: str, test: dict, pred, true, statnn_pred) -> N
             )
 
 
-def _log_results(tracking_uri: str, run_id: str, folder: str, final: dict, config: TrainConfig) -> str | None:
-    """The run's files, final metrics and registered encoder into MLflow; ends the run. Returns the model URI."""
+RESULT_FILES = ("test_scatter.png", "test_metrics.txt", "test_metrics.json", "test_predictions.csv")
+
+
+def _log_results(tracking_uri: str, folder: str) -> str | None:
+    """A run's kept results (``folder``: its encoder, files, ``final_metrics.json`` and ``run.json``) into
+    its MLflow run: files, final metrics, the registered encoder; ends the run. Returns the model URI."""
+    with open(os.path.join(folder, "run.json")) as f:
+        run = json.load(f)
+    with open(os.path.join(folder, "final_metrics.json")) as f:
+        final = json.load(f)
+    run_id = run["run_id"]
     tracking.log_artifact(tracking_uri, run_id, os.path.join(folder, "encoder"), "encoder")
-    for name in ("test_scatter.png", "test_metrics.txt", "test_metrics.json", "test_predictions.csv"):
+    for name in RESULT_FILES:
         tracking.log_artifact(tracking_uri, run_id, os.path.join(folder, name))
     tracking.log_metrics(
         tracking_uri, run_id, {k: v for k, v in final.items() if isinstance(v, (int, float))}
     )
     model_uri = None
-    if config.register_as:
-        version_tags = {"preset": config.preset, "property": config.property, "task": config.task}
-        version_tags.update(
-            {k: f"{final[k]:.4f}" for k in ("test_kendall_tau", "test_r2", "best_val_kendall_tau")}
-        )
-        model_uri = tracking.register_encoder(tracking_uri, run_id, config.register_as, version_tags)
+    if run["register_as"]:
+        model_uri = tracking.register_encoder(tracking_uri, run_id, run["register_as"], run["version_tags"])
     tracking.end_run(tracking_uri, run_id)
     return model_uri
+
+
+def log_kept_results(results_uri: str, tracking_uri: str | None = None) -> dict:
+    """Log the results a run kept in storage (``<storage>/train/<run>/result``) into its MLflow run, for a
+    run whose tracking server was away when it ended (``ResultsNotLogged``). Returns run id and model URI."""
+    tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+    fs, path = storage.filesystem(storage.join(results_uri, "run.json"))
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no kept run results at {results_uri} (it has no run.json)")
+    run_id = json.loads(fs.cat_file(path))["run_id"]
+    status = tracking.run_status(tracking_uri, run_id)
+    if status == "FINISHED":  # logging twice would register the encoder twice
+        raise ValueError(f"run {run_id} in {tracking_uri} is finished already: its results are logged")
+    with tempfile.TemporaryDirectory() as d:
+        src_fs, src = storage.filesystem(results_uri)
+        src_fs.get(src.rstrip("/") + "/", d, recursive=True)
+        model_uri = _log_results(tracking_uri, d)
+    return {"run_id": run_id, "model_uri": model_uri, "tracking_uri": tracking_uri}
 
 
 def run_training(
@@ -441,15 +464,22 @@ def run_training(
         with open(os.path.join(d, "final_metrics.json"), "w") as f:
             json.dump(final, f, indent=2)
         _write_test_predictions(os.path.join(d, "test_predictions.csv"), test, pred, true, statnn_pred)
+        version_tags = {"preset": config.preset, "property": config.property, "task": config.task}
+        version_tags.update(
+            {k: f"{final[k]:.4f}" for k in ("test_kendall_tau", "test_r2", "best_val_kendall_tau")}
+        )
+        with open(os.path.join(d, "run.json"), "w") as f:
+            json.dump({"run_id": run_id, "register_as": config.register_as, "version_tags": version_tags}, f)
         # The results live in storage beside the run's checkpoints before MLflow is asked to take them, so a
-        # tracking server lost at the end of a long run costs no result.
+        # tracking server lost at the end of a long run costs no result: jobs/log_results.py logs them later.
         storage.put_folder(d, kept)
         try:
-            model_uri = _log_results(tracking_uri, run_id, d, final, config)
+            model_uri = _log_results(tracking_uri, d)
         except Exception as e:
             raise ResultsNotLogged(
                 f"MLflow at {tracking_uri} did not take the results of run {run_id} ({str(e).splitlines()[0]}); "
-                f"they are kept at {kept}: the encoder there works with jobs/predict.py --encoder {kept}/encoder"
+                f"they are kept at {kept}. Once the server answers, `python jobs/log_results.py {kept}` logs them "
+                f"into the run; meanwhile the encoder there works with jobs/predict.py --encoder {kept}/encoder"
             ) from e
 
     final.update(

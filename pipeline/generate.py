@@ -557,7 +557,7 @@ def make_zoo(
                         results.append(ray.get(ref))
                     except ray.exceptions.RayError as e:
                         # Let the other shards finish (each commits on its own), then report.
-                        failed.append(f"{shard['name']}: {e}")
+                        failed.append(f"{shard['name']}: {storage.unreachable(e) or e}")
                     bar.update(len(shard["specs"]))
         if failed:
             raise GenerationError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -106,12 +107,14 @@ def quiet_logs() -> None:
 
 def _quiet_ray_data() -> None:
     """Ray Data logs every execution's plan and progress at INFO to the console and to its log file: keep
-    the file."""
+    the file. Its errors leave the console too: each is a failed task whose exception reaches the job,
+    which ends with one line for what a user can fix and the full traceback for anything else."""
     import ray.data  # noqa: F401 - configures the "ray.data" logger and its handlers
 
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":
             handler.setLevel(logging.WARNING)
+            handler.addFilter(lambda record: record.levelno < logging.ERROR)
 
 
 def _print_worker_stdout_only() -> None:
@@ -137,6 +140,24 @@ def fail(message: str, code: int = 2) -> None:
     """Exit a job with a one-line error (no traceback) for problems the user can fix."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def user_errors(*more: type[BaseException]):
+    """Inside, the errors a user can act on end the job with one line (``fail``), not a traceback: bad
+    input (a zoo, a value, a missing file, and ``more``) and storage that stopped answering after its
+    retries (``storage.unreachable``). Anything else is a bug and keeps its traceback."""
+    from pipeline import storage
+    from pipeline.zoo import ZooError
+
+    try:
+        yield
+    except (ZooError, ValueError, FileNotFoundError, *more) as e:
+        fail(storage.unreachable(e) or str(e))
+    except Exception as e:
+        if (message := storage.unreachable(e)) is None:
+            raise
+        fail(message)
 
 
 def ensure_demo_zoo(zoo: str) -> None:

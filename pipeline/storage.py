@@ -2,6 +2,11 @@
 
 S3 settings come from the standard AWS environment. ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``
 point at S3-compatible stores (MinIO, the moto server in tests). Credentials are never logged.
+
+A store that stops answering is retried, not given up on at the first refused connection: every S3
+call retries with botocore's "standard" mode (exponential backoff with jitter, each wait at most 20 s) up
+to ``AWS_MAX_ATTEMPTS`` attempts (default 12, about a minute of outage or more), and a connection
+attempt gives up after ``CONNECT_TIMEOUT_S``. ``AWS_RETRY_MODE`` picks another botocore mode.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ import os
 import posixpath
 
 import fsspec
+
+DEFAULT_MAX_ATTEMPTS = 12
+CONNECT_TIMEOUT_S = 10
 
 
 def s3_endpoint() -> str | None:
@@ -24,13 +32,62 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         import s3fs
 
         endpoint = s3_endpoint()
-        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+        fs = s3fs.S3FileSystem(
+            client_kwargs={"endpoint_url": endpoint} if endpoint else {}, config_kwargs=s3_client_config()
+        )
         return fs, uri[len("s3://") :].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         fs, path = fsspec.core.url_to_fs(uri)
         return fs, path
     path = os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
     return fsspec.filesystem("file"), path
+
+
+def max_attempts() -> int:
+    """How many times one S3 call is tried before it fails (``AWS_MAX_ATTEMPTS``, botocore's own variable)."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS") or str(DEFAULT_MAX_ATTEMPTS)
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"AWS_MAX_ATTEMPTS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def s3_client_config() -> dict:
+    """botocore client settings for every S3 filesystem: bounded retries with backoff, a connect timeout."""
+    return {
+        "retries": {"mode": os.environ.get("AWS_RETRY_MODE") or "standard", "max_attempts": max_attempts()},
+        "connect_timeout": CONNECT_TIMEOUT_S,
+    }
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no S3 support installed: only the local disk, which has no connections
+        return ()
+    return (BotoConnectionError, HTTPClientError)  # refused, timed out, reset or closed mid-request
+
+
+def unreachable(error: BaseException) -> str | None:
+    """A one-line explanation when ``error`` (or what caused it, through Ray's task errors) is storage that
+    stopped answering after its retries; None for any other error."""
+    kinds, seen, todo = _connection_errors(), set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(getattr(e, "cause", None), BaseException):  # a Ray task's error: read what it carries
+            todo.append(e.cause)
+        elif isinstance(e, kinds):
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return (
+                f"storage stopped answering ({first_line}); each call was tried {max_attempts()} times "
+                "(AWS_MAX_ATTEMPTS raises that). Rerun the same command once the store answers: a rerun "
+                "never uses anything half-written"
+            )
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 def is_remote(uri: str) -> bool:

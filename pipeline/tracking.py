@@ -184,6 +184,16 @@ def log_artifact(tracking_uri: str, run_id: str, local_path: str, artifact_path:
         client.log_artifact(run_id, local_path, artifact_path)
 
 
+def run_status(tracking_uri: str, run_id: str) -> str:
+    """RUNNING, FINISHED, FAILED, KILLED or SCHEDULED; ValueError for a run the store does not hold."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _client(tracking_uri).get_run(run_id).info.status
+    except MlflowException as e:
+        raise ValueError(f"run {run_id} in {tracking_uri}: {e.message}") from e
+
+
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     _client(tracking_uri).set_terminated(run_id, status=status)
 

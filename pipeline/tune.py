@@ -172,6 +172,19 @@ def asha_scheduler(spec: SweepSpec):
     )
 
 
+def _keep_credentials_out_of_runtime_envs() -> None:
+    """Ray Tune copies the driver's AWS credentials into every trial's runtime environment, which Ray logs in
+    clear (runtime_env_agent.log) and shows in its dashboard. Trials read credentials from their own
+    environment instead, as Train workers and Ray Data tasks do; the cluster's nodes hold them."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray release: nothing to change
+        return
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(propagated, (set, frozenset)):
+        class_cache.ENV_VARS_TO_PROPAGATE = {v for v in propagated if not v.startswith("AWS_")}
+
+
 def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
     """Run (or resume) a sweep; return {best_config, best_val_kendall_tau, best_test_kendall_tau, trials, ...}."""
     from ray import tune
@@ -211,6 +224,7 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
         tracking.log_zoo_input(tracking_uri, parent_id, base.zoo, s.fingerprint, profile)
     base_dict = {**to_dict(base), "epochs": spec.max_epochs, "statnn": False}
     param_space = {**_param_space(spec), "base": base_dict, "parent_run_id": parent_id, "sweep_name": name}
+    _keep_credentials_out_of_runtime_envs()
     trainable = tune.with_resources(_trial, {"CPU": TRIAL_DRIVER_CPUS})
 
     restore_fs, restore_path = pyarrow_filesystem(experiment_path)

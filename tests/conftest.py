@@ -69,6 +69,59 @@ def s3_server():
                 os.environ[k] = v
 
 
+class MlflowServer:
+    """A real MLflow tracking server process (SQLite store, served artifacts in a folder) that a test can
+    stop and start again on the same port and store, as an operator restarting it would."""
+
+    def __init__(self, folder) -> None:
+        self.folder, self.port, self.proc = str(folder), _free_port(), None
+        os.makedirs(self.folder, exist_ok=True)
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        bin_dir = os.path.dirname(sys.executable)
+        self.proc = subprocess.Popen(
+            [
+                os.path.join(bin_dir, "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder}/mlflow.db",
+                "--artifacts-destination",
+                os.path.join(self.folder, "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends the server and the workers it forks
+        )
+        _wait_for_port(self.port, timeout=120)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the group this object started, by its leader's id
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "mlflow-server").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def new_bucket(endpoint: str) -> str:
     """Create a fresh, empty bucket on the test S3 server; return it as an ``s3://`` URI."""
     import boto3

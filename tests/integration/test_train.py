@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +115,60 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_zoo, tmp_path, ray_i
     ]
     # Resumed, not restarted: epoch 0 trained once, and the run reached the last epoch.
     assert epochs.count(0) == 1 and max(epochs) == 5
+
+
+def test_a_tracking_server_lost_mid_run_costs_no_result(
+    tiny_zoo, tmp_path, ray_instance, mlflow_server, run_job
+):
+    from pipeline.driver import ResultsNotLogged
+
+    config = _config(tiny_zoo, tmp_path, run_name="server-lost", epochs=4, statnn=False)
+    config = dataclasses.replace(config, tracking_uri=mlflow_server.uri)
+    # MLflow's own retry settings decide how long each call waits for the server (docs/reliability.md);
+    # short here, so the run meets the outage within seconds.
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    job = ray_instance.remote(num_cpus=0.25, max_retries=0, runtime_env={"env_vars": env})(
+        run_training
+    ).remote(config, progress=False, log=lambda _: None)
+    client = tracking._client(mlflow_server.uri)
+
+    def first_epoch_logged() -> bool:
+        run_id = tracking.find_run(mlflow_server.uri, config.experiment, "server-lost")
+        return run_id is not None and bool(client.get_metric_history(run_id, "val_kendall_tau"))
+
+    deadline = time.time() + 400
+    while not first_epoch_logged():
+        if ray_instance.wait([job], timeout=0)[0]:
+            ray_instance.get(job)  # ended before its first epoch: its error, or the failure below
+        assert time.time() < deadline and not ray_instance.wait([job], timeout=0)[0], "no epoch logged"
+        time.sleep(1)
+    mlflow_server.stop()
+    with pytest.raises(ResultsNotLogged) as lost:
+        ray_instance.get(job, timeout=600)
+
+    # Training went on to the end; its results are in storage, and the error says how to log them.
+    message = str(lost.value)
+    kept = f"{config.storage}/train/server-lost/result"
+    assert f"python jobs/log_results.py {kept}" in message
+    fs, path = storage.filesystem(kept)
+    assert {"encoder", "final_metrics.json", "run.json", "test_predictions.csv"} <= {
+        p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
+    }
+    final = json.loads(fs.cat_file(f"{path}/final_metrics.json"))
+
+    mlflow_server.start()
+    relogged = run_job("log_results.py", kept, "--tracking-uri", mlflow_server.uri)
+    assert relogged.returncode == 0, relogged.stderr
+    run_id = tracking.find_run(mlflow_server.uri, config.experiment, "server-lost")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"encoder", "test_predictions.csv"}
+    assert "models:/sne-encoder/1" in relogged.stdout
+    encoder, _ = load_encoder("models:/sne-encoder/1", mlflow_server.uri)
+    assert encoder is not None
+    again = run_job("log_results.py", kept, "--tracking-uri", mlflow_server.uri)
+    assert again.returncode == 2 and "finished already" in again.stderr  # no second encoder version
 
 
 def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):

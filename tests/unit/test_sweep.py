@@ -68,3 +68,21 @@ def test_a_grace_period_past_the_last_epoch_is_clipped_to_it():
 def test_bad_sweep_specs_are_rejected_with_the_reason(spec, message):
     with pytest.raises(ValueError, match=message):
         SweepSpec(**spec).validate()
+
+
+def test_trials_are_not_handed_the_drivers_credentials(monkeypatch):
+    """Ray Tune would copy them into each trial's runtime environment, which Ray logs in clear."""
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    from pipeline.tune import _keep_credentials_out_of_runtime_envs
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-canary")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-canary")
+
+    class Trainable:
+        pass
+
+    _keep_credentials_out_of_runtime_envs()
+    remote = _ActorClassCache().get(Trainable)
+    shipped = str(remote._default_options.get("runtime_env"))
+    assert "canary" not in shipped and "PL_DISABLE_FORK" in shipped
