@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from pipeline.config import paper
-from pipeline.encoder import PMA, SAB, SNE, LayerPool, LayerSAB
+from pipeline.encoder import SNE, LayerPool, LayerSAB
+from pipeline.sets import PMA, SAB
 from pipeline.train import build_encoder, collate, encoder_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

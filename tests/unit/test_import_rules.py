@@ -1,0 +1,35 @@
+"""Import rules that keep the design easy to see: the set blocks depend on torch alone, and one module
+speaks to MLflow."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imported(path: Path) -> set[str]:
+    """Top-level package of every module ``path`` imports (at any depth in the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return {n.split(".")[0] for n in names}
+
+
+def test_the_set_blocks_import_nothing_of_the_project():
+    assert _imported(ROOT / "pipeline" / "sets.py") <= {
+        "__future__",
+        "math",
+        "collections",
+        "typing",
+        "torch",
+    }
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    sources = [*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("jobs/*.py")]
+    assert len(sources) > 20
+    users = sorted(str(p.relative_to(ROOT)) for p in sources if "mlflow" in _imported(p))
+    assert users == ["pipeline/tracking.py"]
