@@ -139,6 +139,17 @@ def s3_bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_zoo(ray_instance, s3_server) -> str:
+    """A bucket holding, at ``zoo``, a zoo of really trained networks of four families (about a minute to
+    train, once per session). Tests write their runs beside it, each under its own prefix."""
+    from pipeline.generate import make_zoo
+
+    bucket = new_bucket(s3_server)
+    make_zoo(f"{bucket}/zoo", preset="tiny", seed=0)
+    return bucket
+
+
+@pytest.fixture(scope="session")
 def ray_instance(s3_server):
     """One local Ray instance for the whole session (started after the S3 env is exported)."""
     import ray

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import new_bucket, run_then_kill
+from conftest import run_then_kill
 
 from pipeline import storage, tracking
 from pipeline.config import debug, from_dict
@@ -17,16 +17,6 @@ from pipeline.evaluation import regression_metrics
 from pipeline.predict import load_encoder, plot_predictions, predict_zoo, write_predictions
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(ray_instance, s3_server):
-    """A zoo of really trained networks of four families, in S3 (about a minute to train)."""
-    from pipeline.generate import make_zoo
-
-    bucket = new_bucket(s3_server)
-    make_zoo(f"{bucket}/zoo", preset="tiny", seed=0)
-    return bucket
 
 
 def _config(bucket, tmp_path, **overrides):

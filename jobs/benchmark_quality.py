@@ -1,0 +1,75 @@
+"""Every model × seed on one protocol's fixed splits of a zoo; a table of test τ / R² / MSE, mean ± std.
+
+python jobs/benchmark_quality.py --zoo URI --protocol random|cross-dataset|cross-architecture
+    [--models paper,sne,statnn,mean] [--seeds 3] [--epochs N] [--json PATH] [--out PATH.md]
+
+SNE models select their epoch on validation only and read the test split once per run; a seed changes a
+model's initialisation and batch order, never the split. Each run is an MLflow child run of one parent run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline import config as cfg
+from pipeline import storage, tracking
+from pipeline.benchmark import MODELS, PROTOCOLS, format_markdown, run_benchmark
+from pipeline.runtime import add_ray_arguments, start_ray, user_errors
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = cfg.TrainConfig()
+    p.add_argument("--zoo", default=defaults.zoo, help="zoo URI (default: the demo zoo)")
+    p.add_argument("--protocol", default="random", choices=PROTOCOLS)
+    p.add_argument(
+        "--models", default="paper,sne,statnn,mean", help=f"comma-separated, of {', '.join(MODELS)}"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..N-1 (default: 3)")
+    p.add_argument("--epochs", type=int, help="epochs of each SNE run (default: each preset's)")
+    p.add_argument("--property", default=defaults.property, help="the property to predict")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the protocol's splits (default: 0)")
+    p.add_argument("--storage", default=defaults.storage, help="where runs and chunk records live")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or runs/mlflow.db)"
+    )
+    p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment")
+    p.add_argument("--name", help="the parent run's name (default: benchmark-PROTOCOL-TIME)")
+    p.add_argument("--json", help="write the summary here as JSON (a path or URI)")
+    p.add_argument("--out", help="write the tables here as Markdown (a path or URI)")
+    add_ray_arguments(p)
+    args = p.parse_args()
+
+    with user_errors():
+        base = cfg.from_dict(
+            {
+                "zoo": args.zoo,
+                "property": args.property,
+                "split_seed": args.split_seed,
+                "storage": args.storage,
+                "tracking_uri": args.tracking_uri,
+                "experiment": args.experiment,
+            }
+        )
+        tracking.check_reachable(tracking.resolve_tracking_uri(base.tracking_uri))
+        start_ray(args.num_cpus, verbose=args.verbose)
+        summary = run_benchmark(
+            args.zoo,
+            args.protocol,
+            [m for m in args.models.split(",") if m],
+            args.seeds,
+            base,
+            epochs=args.epochs,
+            name=args.name,
+        )
+    table = format_markdown(summary, args.seeds)
+    print("\n" + table)
+    print(f"MLflow: {tracking.where_to_look(summary['tracking_uri'], summary['parent_run_id'])}")
+    if args.json:
+        storage.write_json(args.json, summary)
+    if args.out:
+        storage.write_bytes_atomic(args.out, table.encode())
+
+
+if __name__ == "__main__":
+    main()
