@@ -329,7 +329,8 @@ def format_markdown(summary: dict, seeds: int) -> str:
     models = summary["models"]
     lines = [
         f"Protocol `{summary['protocol']}` on `{summary['zoo']}`, {seeds} seed(s) per model, split seed "
-        f"{summary.get('split_seed', 0)}; test τ, R² and MSE over the test networks, mean ± std over seeds.",
+        f"{summary.get('split_seed', 0)}; test τ, R² and MSE over the test networks, mean ± std over "
+        + ("seeds." if summary["protocol"] == "random" else "every run (each training side × seed)."),
         "",
     ]
     per = "dataset" if summary["protocol"] != "cross-architecture" else "family"
@@ -360,7 +361,8 @@ def format_markdown(summary: dict, seeds: int) -> str:
                 lines.append(
                     f"| {cell} | "
                     + " | ".join(
-                        "–" if c == cell or c not in row else f"{row[c]:.3f}" for c in summary["cells"]
+                        "–" if c == cell or not np.isfinite(row.get(c, np.nan)) else f"{row[c]:.3f}"
+                        for c in summary["cells"]
                     )
                     + " |"
                 )
