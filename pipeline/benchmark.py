@@ -171,11 +171,7 @@ def run_benchmark(
                     if model in SNE_MODELS:
                         config = dataclasses.replace(
                             PRESETS[SNE_MODELS[model]](),
-                            **{
-                                f.name: getattr(base, f.name)
-                                for f in dataclasses.fields(TrainConfig)
-                                if f.name in KEPT_FROM_BASE
-                            },
+                            **{name: getattr(base, name) for name in KEPT_FROM_BASE},
                             **cell.split,
                             seed=seed,
                             statnn=False,

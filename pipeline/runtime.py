@@ -152,10 +152,11 @@ def user_errors(*more: type[BaseException]):
 
     try:
         yield
-    except (ZooError, ValueError, FileNotFoundError, *more) as e:
-        fail(storage.unreachable(e) or str(e))
     except Exception as e:
-        if (message := storage.unreachable(e)) is None:
+        message = storage.unreachable(e)
+        if message is None and isinstance(e, (ZooError, ValueError, FileNotFoundError, *more)):
+            message = str(e)
+        if message is None:
             raise
         fail(message)
 
