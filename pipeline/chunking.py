@@ -2,8 +2,10 @@
 
 A layer's weight (PyTorch layout) is read as a row-major list of *elements*, ordered by (out, in), so one
 output neuron's weights sit together: a linear weight is one scalar per element, a conv1d kernel one k-vector,
-a conv2d kernel one (kh*kw)-vector. The element list is zero-padded to a multiple of the chunk size C and
-split into chunks of C elements; a mask marks the real elements. Biases are chunked the same way (scalars).
+a conv2d kernel one (kh*kw)-vector, a norm layer's scale one scalar per channel, a norm_stats layer one
+(mean, variance) pair per channel (pipeline.zoo.checkpoint.element_size). The element list is zero-padded
+to a multiple of the chunk size C and split into chunks of C elements; a mask marks the real elements.
+Biases are chunked the same way (scalars).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.probes import run_probes
-from pipeline.zoo.checkpoint import LAYER_KINDS, WEIGHT_NDIM, Checkpoint, Layer
+from pipeline.zoo.checkpoint import Checkpoint, Layer, element_size, fan_in
 
-# 2: the probe column (pipeline.probes). 3: the probe_probabilities column.
-SCHEMA_VERSION = 3
+# 2: the probe column (pipeline.probes). 3: the probe_probabilities column. 4: the norm, norm_stats and
+# embedding layer kinds.
+SCHEMA_VERSION = 4
 
 # Property columns every record carries (None where the checkpoint lacks the property).
 PROPERTY_COLUMNS = (
@@ -65,15 +68,6 @@ CHUNK_RECORD_SCHEMA = pa.schema(
     ],
     metadata={"chunk_record_schema_version": str(SCHEMA_VERSION)},
 )
-
-
-def element_size(kind: str, weight_shape: tuple[int, ...]) -> int:
-    """Number of scalars in one set element: 1 for linear, k for conv1d, kh*kw for conv2d."""
-    if kind not in WEIGHT_NDIM:
-        raise ValueError(f"unknown layer kind {kind!r} (expected one of {LAYER_KINDS})")
-    if len(weight_shape) != WEIGHT_NDIM[kind]:
-        raise ValueError(f"{kind} weight must have {WEIGHT_NDIM[kind]} dimensions, got shape {weight_shape}")
-    return int(math.prod(weight_shape[2:]))
 
 
 def pad_chunk(values: np.ndarray, chunk_size: int, elem_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +119,7 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True
         kinds.append(layer.kind)
         shapes.append(list(shape))
         elem_sizes.append(elem)
-        fan_ins.append(shape[1] * elem)
+        fan_ins.append(fan_in(layer.kind, shape))
         weight_chunks.append(w)
         weight_masks.append(wm)
         bias_chunks.append(b)

@@ -123,8 +123,10 @@ def collate_chunk_records(
             biases.append(bias)
             bias_masks.append(bm)
             statistics.append(np.concatenate([tensor_statistics(w[wm]), tensor_statistics(bias[bm])]))
-            # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e) again.
-            in_units = max(1, round(fan_in / e))
+            # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e) again
+            # (a norm layer's channels are (C, 1, 1), a norm_stats layer's (C, 1, 2)).
+            shape = [int(d) for d in record["layer_weight_shape"][i]]
+            in_units = max(1, math.prod(shape[1:]) // e)
             layer_weights = w[wm].reshape(-1, in_units, e)
             summaries.append(layer_summary(layer_weights, bias[bm]))
             if links:

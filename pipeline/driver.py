@@ -166,10 +166,14 @@ def epoch_progress(total_epochs: int):
             m = metrics[0] if metrics else {}
             if "epoch" not in m:
                 return
+            unplanned = int(m.get("train_networks_without_invariance", 0))
+            note = (
+                f"  ({unplanned} networks without a known permutation: task loss only)" if unplanned else ""
+            )
             print(
                 f"epoch {int(m['epoch']) + 1}/{total_epochs}: train loss {m['train_loss']:.4f}  "
                 f"val tau {m['val_kendall_tau']:.3f} (best {m['best_val_kendall_tau']:.3f})  "
-                f"{time.time() - self.started:.0f} s",
+                f"{time.time() - self.started:.0f} s{note}",
                 flush=True,
             )
 
@@ -408,6 +412,11 @@ def run_training(
         "best_val_kendall_tau": returned["best_val_kendall_tau"],
         "best_epoch": returned["best_epoch"],  # 0-based, like the MLflow step of the per-epoch metrics
     }
+    if config.invariance_weight > 0 and result.metrics:
+        # How many training networks had no known function-preserving permutation (pipeline.invariance).
+        final["train_networks_without_invariance"] = result.metrics.get(
+            "train_networks_without_invariance", 0
+        )
     for r in rows[1:]:
         # MLflow metric names allow no "=": test_kendall_tau/family/mlp
         final[f"test_kendall_tau/{r['subset'].replace('=', '/')}"] = r["kendall_tau"]

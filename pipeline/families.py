@@ -6,12 +6,17 @@ operations in computation order, for example ``{"op": "conv2d", "in": 1, "out": 
 ``{"op": "flatten"}``, ``{"op": "linear", "in": 36, "out": 20}``. Checkpoints store it as a JSON string
 in ``hyperparameters["architecture"]``.
 
-The family contract (the logit-invariance loss relies on it): a built module is a plain sequence of
-conv / linear layers with only channel-wise operations between them (activations, max pooling,
-dropout, global average pooling, flatten). So permuting the output units of a hidden layer (weight
-rows and bias) together with the matching input units of the next layer preserves the function.
-When a conv layer is followed by flatten and a linear layer, the linear layer's inputs are grouped
-per channel: input column ``c * S + s`` belongs to channel ``c`` (S = flattened spatial size).
+Two ops hold more than one module: ``{"op": "batchnorm2d", "channels": 16}`` (a BatchNorm, in a checkpoint
+a norm layer and its norm_stats layer) and ``{"op": "residual", "body": [ops], "shortcut": [ops]}``, which
+computes ``body(x) + shortcut(x)`` (an empty shortcut is the identity), as in a ResNet's basic block.
+
+The family contract (the logit-invariance loss relies on it, pipeline.invariance): between two conv /
+linear layers of one sequence there are only channel-wise operations (activations, pooling, dropout,
+global average pooling, flatten, batch norm). So permuting the output units of a hidden layer (weight
+rows, bias, the batch norms that follow it) together with the matching input units of the next layer
+preserves the function. When a conv layer is followed by flatten and a linear layer, the linear layer's
+inputs are grouped per channel: input column ``c * S + s`` belongs to channel ``c`` (S = flattened
+spatial size). Across a residual op the units are tied to the skip and stay in place.
 
 Modules are ``nn.Sequential`` with two parts, ``features`` (everything before the first linear layer)
 and ``classifier``, so layer names read ``features.0``, ``classifier.2``.
@@ -30,16 +35,19 @@ from torch import nn
 
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
-FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "siren")
-CLASSIFIER_FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn")
+FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "siren", "resnet")
+CLASSIFIER_FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "resnet")
 ACTIVATIONS = ("relu", "tanh", "gelu")
 INITIALIZATIONS = ("default", "xavier_normal", "kaiming_normal", "orthogonal", "normal")
 SIREN_W0 = 30.0
 # The varied CNN family is capped in multiply-accumulates per input so every member trains in seconds.
 MAX_CNN_MACS = 200_000
+# Residual networks are deeper and wider; capped likewise, at a few seconds of training each.
+MAX_RESNET_MACS = 1_500_000
 
 _WEIGHTED_OPS = {"conv1d": "conv1d", "conv2d": "conv2d", "linear": "linear"}
 _MODULE_KINDS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
+_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class Sine(nn.Module):
@@ -56,6 +64,17 @@ class Sine(nn.Module):
         return f"w0={self.w0}"
 
 
+class Residual(nn.Module):
+    """``body(x) + shortcut(x)``; an empty shortcut passes x through."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Sequential) -> None:
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
 class GlobalAvgPool(nn.Module):
     """(B, C, *spatial) → (B, C): mean over all spatial positions."""
 
@@ -67,7 +86,7 @@ def datasets_for(family: str) -> tuple[str, ...]:
     """The datasets a family trains on (all image datasets share one input format)."""
     from pipeline.datasets import DATASETS, IMAGE_DATASETS
 
-    if family in ("smallcnn", "cnn-s"):
+    if family in ("smallcnn", "cnn-s", "resnet"):
         return IMAGE_DATASETS
     if family in ("mlp", "cnn"):
         return DATASETS
@@ -151,11 +170,16 @@ def sample_architecture(
         return siren_architecture()
     if family == "mlp":
         return _sample_mlp(shape, rng, activation, dropout)
+    if family == "resnet":
+        return _sample_resnet(shape, rng, activation, dropout)
     return _sample_cnn(shape, rng, activation, dropout)
 
 
-def _conv(op: str, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> dict[str, Any]:
-    return {"op": op, "in": cin, "out": cout, "kernel": kernel, "stride": stride, "padding": padding}
+def _conv(
+    op: str, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True
+) -> dict[str, Any]:
+    spec = {"op": op, "in": cin, "out": cout, "kernel": kernel, "stride": stride, "padding": padding}
+    return spec if bias else {**spec, "bias": False}  # a conv before a batch norm needs no bias
 
 
 def _dropout(p: float) -> list[dict[str, Any]]:
@@ -210,6 +234,53 @@ def _sample_cnn(
             return {"family": "cnn", "input_shape": list(shape), "ops": ops}
 
 
+def _sample_resnet(
+    shape: tuple[int, ...], rng: np.random.Generator, activation: str, dropout: float
+) -> dict[str, Any]:
+    """A small ResNet: a 3×3 stem conv with batch norm, 1–3 stages of 1–2 basic blocks (two 3×3 convs with
+    batch norm, the skip a 1×1 conv with batch norm where the width or resolution changes), each stage
+    after the first halving the resolution and doubling the width, global average pooling, one linear
+    layer. Draws again until the network fits :data:`MAX_RESNET_MACS`."""
+    while True:
+        width, stages = int(rng.choice([4, 8, 12, 16])), int(rng.integers(1, 4))
+        blocks = [int(rng.integers(1, 3)) for _ in range(stages)]
+        size = shape[1]
+        macs = shape[0] * width * 9 * size * size
+        ops: list[dict[str, Any]] = [
+            _conv("conv2d", shape[0], width, 3, padding=1, bias=False),
+            {"op": "batchnorm2d", "channels": width},
+            {"op": activation},
+        ]
+        channels = width
+        for stage, count in enumerate(blocks):
+            out = width * 2**stage
+            for block in range(count):
+                stride = 2 if stage > 0 and block == 0 else 1
+                size = -(-size // stride)
+                body = [
+                    _conv("conv2d", channels, out, 3, stride=stride, padding=1, bias=False),
+                    {"op": "batchnorm2d", "channels": out},
+                    {"op": activation},
+                    *_dropout(dropout),
+                    _conv("conv2d", out, out, 3, padding=1, bias=False),
+                    {"op": "batchnorm2d", "channels": out},
+                ]
+                shortcut = []
+                if stride != 1 or channels != out:
+                    shortcut = [
+                        _conv("conv2d", channels, out, 1, stride=stride, bias=False),
+                        {"op": "batchnorm2d", "channels": out},
+                    ]
+                ops += [{"op": "residual", "body": body, "shortcut": shortcut}, {"op": activation}]
+                macs += (
+                    (channels * out * 9 + out * out * 9 + (channels * out if shortcut else 0)) * size * size
+                )
+                channels = out
+        ops += [{"op": "gap"}, {"op": "linear", "in": channels, "out": 10}]
+        if macs <= MAX_RESNET_MACS:
+            return {"family": "resnet", "input_shape": list(shape), "ops": ops}
+
+
 def _as_dict(architecture: str | dict[str, Any]) -> dict[str, Any]:
     return json.loads(architecture) if isinstance(architecture, str) else architecture
 
@@ -217,7 +288,14 @@ def _as_dict(architecture: str | dict[str, Any]) -> dict[str, Any]:
 def _module_for_op(spec: dict[str, Any]) -> nn.Module:
     op = spec["op"]
     if op == "conv2d":
-        return nn.Conv2d(spec["in"], spec["out"], spec["kernel"], spec["stride"], spec["padding"])
+        return nn.Conv2d(
+            spec["in"],
+            spec["out"],
+            spec["kernel"],
+            spec["stride"],
+            spec["padding"],
+            bias=spec.get("bias", True),
+        )
     if op == "conv1d":
         return nn.Conv1d(spec["in"], spec["out"], spec["kernel"], spec["stride"], spec["padding"])
     if op == "linear":
@@ -233,6 +311,15 @@ def _module_for_op(spec: dict[str, Any]) -> nn.Module:
         return nn.MaxPool2d(spec["kernel"])
     if op == "maxpool1d":
         return nn.MaxPool1d(spec["kernel"])
+    if op == "batchnorm2d":
+        return nn.BatchNorm2d(spec["channels"])
+    if op == "batchnorm1d":
+        return nn.BatchNorm1d(spec["channels"])
+    if op == "residual":
+        return Residual(
+            nn.Sequential(*[_module_for_op(s) for s in spec["body"]]),
+            nn.Sequential(*[_module_for_op(s) for s in spec.get("shortcut", [])]),
+        )
     raise ValueError(f"unknown op {op!r} in architecture")
 
 
@@ -256,6 +343,15 @@ def architecture_json(architecture: dict[str, Any]) -> str:
 def weighted_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, layer) for every conv / linear layer, in computation order."""
     return [(name, m) for name, m in module.named_modules() if type(m) in _MODULE_KINDS]
+
+
+def parameter_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) for every module a checkpoint holds: conv / linear layers and batch norms, in order."""
+    return [
+        (name, m)
+        for name, m in module.named_modules()
+        if type(m) in _MODULE_KINDS or isinstance(m, _NORM_MODULES)
+    ]
 
 
 def initialize(module: nn.Module, scheme: str, std: float = 0.05) -> None:
@@ -293,16 +389,27 @@ def initialize(module: nn.Module, scheme: str, std: float = 0.05) -> None:
                 nn.init.orthogonal_(weight)
             else:
                 nn.init.normal_(weight, std=std)
-            layer.bias.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().astype(np.float32).copy()
 
 
 def layers_from_module(module: nn.Module) -> list[Layer]:
-    """The module's conv / linear layers as checkpoint layers (float32 copies, PyTorch layout)."""
+    """The module's parameters as checkpoint layers (float32 copies, PyTorch layout): a conv / linear layer
+    each, a batch norm as its affine scale and shift (kind norm) and its running statistics (norm_stats,
+    named ``<module>.running``)."""
     out = []
-    for name, layer in weighted_layers(module):
-        bias = None if layer.bias is None else layer.bias.detach().cpu().numpy().astype(np.float32).copy()
-        weight = layer.weight.detach().cpu().numpy().astype(np.float32).copy()
-        out.append(Layer(name, _MODULE_KINDS[type(layer)], weight, bias))
+    for name, layer in parameter_modules(module):
+        bias = None if layer.bias is None else _numpy(layer.bias)
+        if isinstance(layer, _NORM_MODULES):
+            out.append(Layer(name, "norm", _numpy(layer.weight), bias))
+            stats = np.stack([_numpy(layer.running_mean), _numpy(layer.running_var)], axis=1)
+            out.append(Layer(f"{name}.running", "norm_stats", stats))
+        else:
+            out.append(Layer(name, _MODULE_KINDS[type(layer)], _numpy(layer.weight), bias))
     return out
 
 
@@ -322,38 +429,44 @@ def checkpoint_from_module(
     return Checkpoint(id, family, dataset, layers_from_module(module), dict(properties or {}), hyper)
 
 
+def _copy(target: torch.Tensor, value: np.ndarray | None, what: str) -> None:
+    if value is None:
+        raise ValueError(f"{what}: missing from the checkpoint, the module has one")
+    if tuple(value.shape) != tuple(target.shape):
+        raise ValueError(
+            f"{what}: checkpoint shape {tuple(value.shape)}, module expects {tuple(target.shape)}"
+        )
+    target.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+
+
 def load_checkpoint_into(module: nn.Module, checkpoint: Checkpoint) -> None:
-    """Copy a checkpoint's weights into a module of the same architecture (in place).
+    """Copy a checkpoint's weights (and batch norms' running statistics) into a module of the same
+    architecture (in place).
 
     Raises ValueError naming the first layer whose name, kind or shape does not match.
     """
-    targets = dict(weighted_layers(module))
-    names = [layer.name for layer in checkpoint.layers]
-    if sorted(names) != sorted(targets):
-        raise ValueError(f"checkpoint {checkpoint.id!r} has layers {names}, the module has {list(targets)}")
+    expected = {layer.name: layer.kind for layer in layers_from_module(module)}
+    given = {layer.name: layer.kind for layer in checkpoint.layers}
+    if sorted(given) != sorted(expected):
+        raise ValueError(
+            f"checkpoint {checkpoint.id!r} has layers {list(given)}, the module has {list(expected)}"
+        )
+    for name, kind in given.items():
+        if kind != expected[name]:
+            raise ValueError(f"layer {name!r}: checkpoint kind {kind!r}, module kind {expected[name]!r}")
+    layers = {layer.name: layer for layer in checkpoint.layers}
     with torch.no_grad():
-        for layer in checkpoint.layers:
-            target = targets[layer.name]
-            kind = _MODULE_KINDS[type(target)]
-            if layer.kind != kind:
-                raise ValueError(
-                    f"layer {layer.name!r}: checkpoint kind {layer.kind!r}, module kind {kind!r}"
-                )
-            if tuple(layer.weight.shape) != tuple(target.weight.shape):
-                raise ValueError(
-                    f"layer {layer.name!r}: checkpoint weight shape {tuple(layer.weight.shape)}, "
-                    f"module expects {tuple(target.weight.shape)}"
-                )
-            target.weight.copy_(torch.from_numpy(np.asarray(layer.weight, dtype=np.float32)))
+        for name, target in parameter_modules(module):
+            layer = layers[name]
+            _copy(target.weight, layer.weight, f"layer {name!r} weight")
             if (layer.bias is None) != (target.bias is None):
-                raise ValueError(f"layer {layer.name!r}: bias present in only one of checkpoint and module")
+                raise ValueError(f"layer {name!r}: bias present in only one of checkpoint and module")
             if layer.bias is not None:
-                if tuple(layer.bias.shape) != tuple(target.bias.shape):
-                    raise ValueError(
-                        f"layer {layer.name!r}: checkpoint bias shape {tuple(layer.bias.shape)}, "
-                        f"module expects {tuple(target.bias.shape)}"
-                    )
-                target.bias.copy_(torch.from_numpy(np.asarray(layer.bias, dtype=np.float32)))
+                _copy(target.bias, layer.bias, f"layer {name!r} bias")
+            if isinstance(target, _NORM_MODULES):
+                stats = layers[f"{name}.running"].weight
+                _copy(target.running_mean, stats[:, 0], f"layer {name!r} running mean")
+                _copy(target.running_var, stats[:, 1], f"layer {name!r} running variance")
 
 
 def module_from_checkpoint(checkpoint: Checkpoint) -> nn.Sequential:

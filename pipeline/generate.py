@@ -57,12 +57,15 @@ class Preset:
 
 
 _CLASSIFIER_MIX = (("smallcnn", 0.25), ("cnn-s", 0.15), ("mlp", 0.25), ("cnn", 0.35))
+# Today's families and residual networks with batch norm, for the cross-architecture task.
+_WILD_MIX = (("smallcnn", 0.15), ("cnn-s", 0.1), ("mlp", 0.15), ("cnn", 0.25), ("resnet", 0.35))
 PRESETS = {
     "tiny": Preset(48, _CLASSIFIER_MIX, 8),  # integration tests: about a minute on 2 cores
     "demo": Preset(300, _CLASSIFIER_MIX, 16),
     "small": Preset(2000, _CLASSIFIER_MIX, 32),
     "medium": Preset(10000, _CLASSIFIER_MIX, 32),
     "inr": Preset(3000, (("siren", 1.0),), 100),
+    "wild": Preset(600, _WILD_MIX, 16),
 }
 # The public zoo formats hold one family each.
 FORMAT_FAMILY = {"smallcnnzoo": "smallcnn", "modelzoos": "cnn-s"}

@@ -1,41 +1,124 @@
-"""Function-preserving permutations of hidden units, and the logit-invariance loss (DESIGN.md, point 6)."""
+"""Function-preserving permutations of hidden units, and the logit-invariance loss (DESIGN.md, point 6).
+
+A permutation is planned as *unit groups*: a producer layer whose output units move (weight rows, bias),
+the per-channel layers that follow it (batch norms: scale, shift, running statistics) and the consumer
+layer whose inputs move with them. The plan comes from the checkpoint's architecture when it carries one
+(pipeline.families: units inside a residual block's body are permuted, units tied to a skip are not);
+a checkpoint without one is permuted as a plain stack of conv / linear layers, the layout of every
+public CNN zoo, and any other network gets no plan: it trains without the invariance term.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.chunking import checkpoint_from_record, chunk_checkpoint
-from pipeline.zoo.checkpoint import Layer
+from pipeline.zoo.checkpoint import WEIGHTED_KINDS, Checkpoint, Layer
+
+# Ops that act on each channel alone, so hidden units may be permuted across them.
+_CHANNELWISE_OPS = {"relu", "tanh", "gelu", "sine", "dropout", "maxpool1d", "maxpool2d", "gap", "flatten"}
+_WEIGHTED_OPS = {"conv1d", "conv2d", "linear"}
+_BATCHNORM_OPS = {"batchnorm1d", "batchnorm2d"}  # a norm layer and its norm_stats layer
 
 
-def random_hidden_permutation(layers: list[Layer], rng: np.random.Generator) -> list[Layer]:
-    """New layers computing the same function, with the hidden units of a sequential net permuted at random.
+@dataclasses.dataclass(frozen=True)
+class UnitGroup:
+    """Layer indices: ``producer``'s output units, ``followers``' channels and ``consumer``'s inputs move."""
 
-    Layer i's output units (weight rows, bias entries) are permuted and layer i+1's inputs follow. When
-    layer i+1 takes s inputs per unit of layer i (a flatten of s spatial positions, PyTorch order C,H,W),
-    unit c owns the block of inputs [c*s, (c+1)*s); s = 1 for linear→linear, conv→conv or global pooling.
-    The last layer's outputs stay in place. Raises ValueError when a fan-in is not a multiple of the
-    previous layer's outputs (the layers are not a sequential stack). The input layers are not modified.
+    producer: int
+    followers: tuple[int, ...]
+    consumer: int
+
+
+def _walk(ops: list[dict[str, Any]], next_index, groups: list[UnitGroup]) -> None:
+    """Append the unit groups of one op sequence; ``next_index()`` numbers layers in module order."""
+    pending: tuple[int, list[int]] | None = None  # the last producer whose units may still move
+    for spec in ops:
+        op = spec["op"]
+        if op in _WEIGHTED_OPS:
+            index = next_index()
+            if pending is not None:
+                groups.append(UnitGroup(pending[0], tuple(pending[1]), index))
+            pending = (index, [])
+        elif op in _BATCHNORM_OPS:
+            norm, stats = next_index(), next_index()
+            if pending is not None:
+                pending[1].extend((norm, stats))
+        elif op == "residual":
+            # The block's input and output are tied to the skip: only units inside each branch move.
+            pending = None
+            _walk(spec["body"], next_index, groups)
+            _walk(spec.get("shortcut", []), next_index, groups)
+        elif op not in _CHANNELWISE_OPS:
+            pending = None  # an op this module does not know: nothing moves across it
+
+
+@functools.lru_cache(maxsize=256)
+def _architecture_groups(architecture: str) -> tuple[tuple[UnitGroup, ...], int]:
+    groups: list[UnitGroup] = []
+    counter = iter(range(1 << 30))
+    _walk(json.loads(architecture)["ops"], lambda: next(counter), groups)
+    return tuple(groups), next(counter)
+
+
+def sequential_groups(layers: list[Layer]) -> list[UnitGroup]:
+    """Each layer's outputs feed the next layer: a plain stack."""
+    return [UnitGroup(i, (), i + 1) for i in range(len(layers) - 1)]
+
+
+def unit_groups(checkpoint: Checkpoint) -> list[UnitGroup] | None:
+    """The unit groups a function-preserving permutation of this checkpoint may move, or None when the
+    project cannot derive them (its layers do not match its architecture, or a network without one holds
+    more than conv / linear layers, where a skip or a table could hide)."""
+    architecture = checkpoint.hyperparameters.get("architecture")
+    if architecture:
+        try:
+            text = architecture if isinstance(architecture, str) else json.dumps(architecture)
+            groups, count = _architecture_groups(text)
+        except (ValueError, KeyError, TypeError):
+            return None
+        return list(groups) if count == len(checkpoint.layers) else None
+    if all(layer.kind in WEIGHTED_KINDS for layer in checkpoint.layers):
+        return sequential_groups(checkpoint.layers)
+    return None
+
+
+def permute_units(layers: list[Layer], groups: list[UnitGroup], rng: np.random.Generator) -> list[Layer]:
+    """New layers with each group's units permuted at random; the input layers are not modified.
+
+    When the consumer takes s inputs per unit of the producer (a flatten of s spatial positions, PyTorch
+    order C,H,W), unit c owns the block of inputs [c*s, (c+1)*s); s = 1 for linear→linear, conv→conv or
+    global pooling. Raises ValueError when a consumer's fan-in is not a multiple of the producer's units
+    or a follower has another number of channels.
     """
-    out = [Layer(layer.name, layer.kind, layer.weight.copy(), layer.bias) for layer in layers]
-    for i in range(len(out) - 1):
-        units = out[i].weight.shape[0]
-        fan_in = out[i + 1].weight.shape[1]
+    out = [dataclasses.replace(layer, weight=layer.weight.copy()) for layer in layers]
+    for group in groups:
+        producer, consumer = out[group.producer], out[group.consumer]
+        units, fan_in = producer.weight.shape[0], consumer.weight.shape[1]
         if fan_in % units:
             raise ValueError(
-                f"layer {out[i + 1].name!r} has {fan_in} inputs, not a multiple of the {units} outputs of "
-                f"layer {out[i].name!r}: not a sequential stack"
+                f"layer {consumer.name!r} has {fan_in} inputs, not a multiple of the {units} outputs of "
+                f"layer {producer.name!r}: not a sequential stack"
             )
-        block = fan_in // units
         perm = rng.permutation(units)
-        out[i].weight = out[i].weight[perm]
-        if out[i].bias is not None:
-            out[i].bias = out[i].bias[perm]
+        for index in (group.producer, *group.followers):
+            layer = out[index]
+            if layer.weight.shape[0] != units:
+                raise ValueError(
+                    f"layer {layer.name!r} has {layer.weight.shape[0]} channels, layer {producer.name!r} "
+                    f"{units} outputs"
+                )
+            layer.weight = layer.weight[perm]
+            layer.bias = None if layer.bias is None else layer.bias[perm]
+        block = fan_in // units
         inputs = (perm[:, None] * block + np.arange(block)).reshape(-1)  # unit c's block moves with c
-        out[i + 1].weight = out[i + 1].weight[:, inputs]
+        consumer.weight = consumer.weight[:, inputs]
     for layer in out:
         layer.weight = np.ascontiguousarray(layer.weight)
         if layer.bias is not None:
@@ -43,10 +126,31 @@ def random_hidden_permutation(layers: list[Layer], rng: np.random.Generator) -> 
     return out
 
 
-def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    """A chunk record of the same checkpoint (same id, properties) with its hidden units randomly permuted."""
+def random_hidden_permutation(layers: list[Layer], rng: np.random.Generator) -> list[Layer]:
+    """``permute_units`` of a plain stack: every hidden layer's units move, the last layer's stay."""
+    return permute_units(layers, sequential_groups(layers), rng)
+
+
+def random_permutation(checkpoint: Checkpoint, rng: np.random.Generator) -> list[Layer] | None:
+    """The checkpoint's layers with its permutable units moved at random, or None without a plan (see
+    unit_groups) or when the plan does not fit the weights."""
+    groups = unit_groups(checkpoint)
+    if groups is None:
+        return None
+    try:
+        return permute_units(checkpoint.layers, groups, rng)
+    except ValueError:
+        return None
+
+
+def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+    """A chunk record of the same checkpoint (same id, properties) with its hidden units randomly permuted,
+    or None when no function-preserving permutation of it is known."""
     checkpoint = checkpoint_from_record(record)
-    checkpoint.layers = random_hidden_permutation(checkpoint.layers, rng)
+    layers = random_permutation(checkpoint, rng)
+    if layers is None:
+        return None
+    checkpoint.layers = layers
     # The permutation preserves the function, so the probes of the original hold for the copy.
     permuted = chunk_checkpoint(checkpoint, int(record["chunk_size"]), probe=False)
     permuted["probe"] = record.get("probe")

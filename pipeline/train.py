@@ -84,18 +84,20 @@ def task_loss(raw: torch.Tensor, target: torch.Tensor, loss: str, scaler: Target
     return F.mse_loss(raw, scaler.encode(target))
 
 
-def hide_dataset_context(batch: dict, b: int, share: float, rng: np.random.Generator) -> None:
+def hide_dataset_context(
+    batch: dict, b: int, copied: list[int], share: float, rng: np.random.Generator
+) -> None:
     """Read a random ``share`` of the batch's first ``b`` networks, and their permuted copies alike (logit
-    invariance compares like with like), as networks of an unknown dataset: no dataset vector, no peer
-    agreement.
+    invariance compares like with like; network ``copied[j]``'s copy is row ``b + j``), as networks of an
+    unknown dataset: no dataset vector, no peer agreement.
 
     Networks of a dataset no training network had reach the encoder so; trained with the peer agreement
     on every network, the encoder had learnt its offsets with it and misjudged their level (docs/results.md).
     """
     keep = torch.from_numpy(rng.random(b) >= share)
+    keep = torch.cat((keep, keep[copied]))
     for key in ("peer_present", "dataset_present"):
-        present = batch[key]
-        batch[key] = present * keep.repeat(present.shape[0] // b).to(present.dtype)
+        batch[key] = batch[key] * keep.to(batch[key].dtype)
 
 
 def train_step(
@@ -113,13 +115,16 @@ def train_step(
     """
     b = len(records)
     lam = config.invariance_weight
-    batch_records = records + [permute_record(r, rng) for r in records] if lam > 0 else records
-    batch = collate(batch_records, config)
+    # Networks whose function-preserving permutation is unknown (pipeline.invariance.unit_groups) take
+    # the task loss alone; ``copied`` indexes the networks that have a permuted copy after the batch.
+    copies = [permute_record(r, rng) for r in records] if lam > 0 else []
+    copied = [i for i, copy in enumerate(copies) if copy is not None]
+    batch = collate(records + [copies[i] for i in copied], config)
     if config.context_dropout > 0 and (config.peer_agreement or config.dataset_vectors):
-        hide_dataset_context(batch, b, config.context_dropout, rng)
+        hide_dataset_context(batch, b, copied, config.context_dropout, rng)
     raw = encoder(batch)
     loss_task = task_loss(raw[:b], batch["target"][:b], config.loss, scaler)
-    loss_inv = logit_invariance_loss(raw[:b], raw[b:]) if lam > 0 else torch.zeros(())
+    loss_inv = logit_invariance_loss(raw[copied], raw[b:]) if copied else torch.zeros(())
     loss = loss_task + lam * loss_inv
     if not torch.isfinite(loss):
         # Stop here: one non-finite step would silently turn every weight into NaN.
@@ -132,7 +137,12 @@ def train_step(
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
     optimizer.step()
-    return {"loss": loss.item(), "task_loss": loss_task.item(), "invariance_loss": loss_inv.item()}
+    return {
+        "loss": loss.item(),
+        "task_loss": loss_task.item(),
+        "invariance_loss": loss_inv.item(),
+        "without_permutation": float(len(copies) - len(copied)),
+    }
 
 
 # Training records kept each epoch to re-estimate the embedding norm's statistics before evaluation, capped
@@ -240,6 +250,15 @@ def train_in_process(
         yield losses
 
 
+def _sum_over_workers(value: float) -> float:
+    """``value`` summed over every Ray Train worker (each holds its shard's count); itself on one worker."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return float(total.item())
+
+
 def _unwrap(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder.module if hasattr(encoder, "module") else encoder
 
@@ -329,6 +348,10 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             "train_invariance_loss": float(np.mean([m["invariance_loss"] for m in losses]))
             if losses
             else float("nan"),
+            # Networks of this epoch that took the task loss alone (no known permutation), all workers.
+            "train_networks_without_invariance": _sum_over_workers(
+                sum(m["without_permutation"] for m in losses)
+            ),
             "val_kendall_tau": tau,
             "val_r2": val_metrics["r2"],
             "val_mse": val_metrics["mse"],

@@ -1,8 +1,12 @@
 """The in-memory form of one zoo member, shared by every reader, writer and later stage.
 
 Weights are numpy float32 arrays in PyTorch layout:
-  linear (out, in); conv1d (out, in, k); conv2d (out, in, kh, kw); bias (out,).
-Layers are listed in computation order.
+  linear (out, in); conv1d (out, in, k); conv2d (out, in, kh, kw); bias (out,);
+  norm (C,): the affine scale of a BatchNorm / LayerNorm / GroupNorm, its shift as the bias;
+  norm_stats (C, 2): a BatchNorm's running mean and running variance per channel, no bias;
+  embedding (num, dim): a table of learnt vectors (tokens, patches' positions), no bias.
+Layers are listed in computation order (module order); a BatchNorm gives a norm layer followed by its
+norm_stats layer, named ``<module>`` and ``<module>.running``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,39 @@ from typing import Any
 
 import numpy as np
 
-LAYER_KINDS = ("linear", "conv1d", "conv2d")
-WEIGHT_NDIM = {"linear": 2, "conv1d": 3, "conv2d": 4}
+# New kinds go at the end: a kind's position is what the encoder reads (pipeline.collate).
+LAYER_KINDS = ("linear", "conv1d", "conv2d", "norm", "norm_stats", "embedding")
+WEIGHT_NDIM = {"linear": 2, "conv1d": 3, "conv2d": 4, "norm": 1, "norm_stats": 2, "embedding": 2}
+# Kinds that map inputs to outputs (the rest act per channel or are looked up).
+WEIGHTED_KINDS = ("linear", "conv1d", "conv2d")
+# Kinds that carry no bias: a norm_stats layer's two columns say it all, an embedding is a table.
+BIASLESS_KINDS = ("norm_stats", "embedding")
+
+
+def element_size(kind: str, weight_shape: tuple[int, ...]) -> int:
+    """Scalars in one set element: 1 for linear, norm and embedding, k for conv1d, kh*kw for conv2d, and 2 for
+    norm_stats (one channel's running mean and variance stay together).
+
+    Raises ValueError for an unknown kind or a weight of the wrong rank.
+    """
+    if kind not in WEIGHT_NDIM:
+        raise ValueError(f"unknown layer kind {kind!r} (expected one of {', '.join(LAYER_KINDS)})")
+    if len(weight_shape) != WEIGHT_NDIM[kind]:
+        raise ValueError(f"{kind} weight must have {WEIGHT_NDIM[kind]} dimensions, got shape {weight_shape}")
+    if kind == "norm_stats":
+        if weight_shape[1] != 2:
+            raise ValueError(f"norm_stats weight must be (channels, 2), got shape {weight_shape}")
+        return 2
+    return int(math.prod(weight_shape[2:]))
+
+
+def fan_in(kind: str, weight_shape: tuple[int, ...]) -> int:
+    """Inputs each output unit sums over (in * E for linear and conv); 1 for the per-channel and table kinds,
+    whose values live on a unit scale whatever the layer's width."""
+    if kind in WEIGHTED_KINDS:
+        return int(weight_shape[1]) * element_size(kind, weight_shape)
+    return 1
+
 
 # Properties a reader fills in when the source has them. Accuracies are fractions in [0, 1].
 CLASSIFIER_PROPERTIES = ("test_accuracy", "train_accuracy", "generalization_gap", "test_loss", "train_loss")
@@ -51,7 +86,8 @@ class Checkpoint:
 
     @property
     def num_params(self) -> int:
-        return sum(layer.num_params for layer in self.layers)
+        """Learnt parameters: every layer but batch norms' running statistics (buffers, not parameters)."""
+        return sum(layer.num_params for layer in self.layers if layer.kind != "norm_stats")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Flat ``{"<layer>.weight": array, "<layer>.bias": array}`` in computation order."""
@@ -90,6 +126,12 @@ def validate(checkpoint: Checkpoint) -> str | None:
     for i, layer in enumerate(checkpoint.layers):
         if layer.kind not in LAYER_KINDS:
             return f"layer {i} ({layer.name}): unknown kind {layer.kind!r}"
+        if layer.bias is not None and layer.kind in BIASLESS_KINDS:
+            return f"layer {i} ({layer.name}): a {layer.kind} layer has no bias"
+        if layer.kind == "norm_stats" and layer.weight.ndim == 2 and layer.weight.shape[1] != 2:
+            return (
+                f"layer {i} ({layer.name}): norm_stats weight must be (channels, 2), got {layer.weight.shape}"
+            )
         if layer.weight.ndim != WEIGHT_NDIM[layer.kind]:
             return (
                 f"layer {i} ({layer.name}): {layer.kind} weight must have {WEIGHT_NDIM[layer.kind]} "

@@ -12,7 +12,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any
 
-from pipeline.zoo.checkpoint import Checkpoint, Rejection
+from pipeline.zoo.checkpoint import BIASLESS_KINDS, Checkpoint, Rejection
 from pipeline.zoo.listing import open_zoo, read_part
 
 EXAMPLE_IDS = 3
@@ -140,7 +140,8 @@ def format_summary(d: dict) -> str:
         )
         for arch in fam["architectures"]:
             shapes = " → ".join(
-                f"{s['kind']}{tuple(s['weight_shape'])}" + ("" if s["bias_shape"] else " (no bias)")
+                f"{s['kind']}{tuple(s['weight_shape'])}"
+                + ("" if s["bias_shape"] or s["kind"] in BIASLESS_KINDS else " (no bias)")
                 for s in arch["layers"]
             )
             lines.append(f"    {arch['count']:>6} × {arch['num_params']} params: {shapes}")

@@ -258,7 +258,8 @@ def test_config_checks():
     encoder = _encoder(dataclasses.replace(SMALL, max_element_size=9))
     with pytest.raises(ValueError, match="element size 49 exceeds"):
         encoder(_batch(_mixed_checkpoints()))
-    assert LAYER_KINDS == ("linear", "conv1d", "conv2d")  # the layer-type encoding indexes this tuple
+    # The layer-type encoding indexes this tuple: kinds are only ever appended, so saved encoders keep theirs.
+    assert LAYER_KINDS[:3] == ("linear", "conv1d", "conv2d")
 
 
 def test_a_training_batch_of_one_checkpoint_works():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline import families
+from pipeline.chunking import checkpoint_from_record, chunk_checkpoint
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,4 +208,73 @@ def test_families_know_their_datasets():
     with pytest.raises(ValueError, match="does not train on"):
         families.input_shape_for("smallcnn", "mnist1d")
     with pytest.raises(ValueError, match="unknown family"):
-        families.datasets_for("resnet")
+        families.datasets_for("transformer")
+
+
+def _resnet(seed: int, shortcut: bool = True) -> dict:
+    """A sampled ResNet (with a 1×1 shortcut conv in some block when ``shortcut``)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        architecture = families.sample_architecture("resnet", "digits", rng, "relu")
+        blocks = [op for op in architecture["ops"] if op["op"] == "residual"]
+        if any(block["shortcut"] for block in blocks) == shortcut:
+            return architecture
+
+
+def _with_running_statistics(module: torch.nn.Module, shape: tuple[int, ...]) -> torch.nn.Module:
+    """Batch norms whose running statistics moved away from (0, 1), as after training."""
+    module.train()
+    with torch.no_grad():
+        for _ in range(3):
+            module(3.0 * torch.randn(16, *shape) + 1.0)
+    return module.eval()
+
+
+def test_resnet_family_holds_batch_norms_and_residual_blocks():
+    architecture = _resnet(0)
+    torch.manual_seed(0)
+    module = _with_running_statistics(families.build_module(architecture), (1, 16, 16))
+    checkpoint = families.checkpoint_from_module(
+        module,
+        id="r",
+        family="resnet",
+        dataset="digits",
+        architecture=architecture,
+        properties={"test_accuracy": 0.5, "train_accuracy": 0.6},
+    )
+    kinds = [layer.kind for layer in checkpoint.layers]
+    assert kinds[:3] == ["conv2d", "norm", "norm_stats"] and kinds[-1] == "linear"
+    # The 1×1 shortcut conv is a layer of its own, in module order after its block's body.
+    assert any(
+        layer.name.endswith("shortcut.0") and layer.weight.shape[2:] == (1, 1) for layer in checkpoint.layers
+    )
+    assert all(layer.bias is None for layer in checkpoint.layers if layer.kind == "conv2d")
+    # Every parameter and the running statistics are in the checkpoint, nothing else.
+    buffers = sum(b.numel() for name, b in module.named_buffers() if not name.endswith("num_batches_tracked"))
+    assert sum(
+        layer.weight.size + (0 if layer.bias is None else layer.bias.size) for layer in checkpoint.layers
+    ) == (_num_params(module) + buffers)
+    assert validate(checkpoint) is None
+    rebuilt = families.module_from_checkpoint(checkpoint)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(module(x), rebuilt(x))  # running statistics included
+    stats = next(layer for layer in checkpoint.layers if layer.kind == "norm_stats")
+    assert stats.weight.shape[1] == 2 and not np.allclose(stats.weight[:, 1], 1.0)
+    assert checkpoint.num_params == _num_params(module)  # running statistics are not parameters
+    # Through a chunk record and back: the same network, bit for bit.
+    record = chunk_checkpoint(checkpoint, 5, probe=False)
+    norm = record["layer_kind"].index("norm_stats")
+    assert record["layer_element_size"][norm] == 2 and record["layer_fan_in"][norm] == 1
+    with torch.no_grad():
+        assert torch.equal(module(x), families.module_from_checkpoint(checkpoint_from_record(record))(x))
+
+
+def test_resnet_family_spans_depths_and_widths_under_its_compute_cap():
+    rng = np.random.default_rng(2)
+    depths, widths = set(), set()
+    for _ in range(40):
+        architecture = families.sample_architecture("resnet", "shapes", rng, "gelu")
+        depths.add(sum(op["op"] == "residual" for op in architecture["ops"]))
+        widths.add(architecture["ops"][0]["out"])
+    assert len(depths) >= 3 and len(widths) >= 3

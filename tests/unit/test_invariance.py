@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,82 @@ def test_the_encoder_is_invariant_by_construction_when_each_row_is_one_chunk(chu
         z = encoder.embed(collate_chunk_records([record, *copies]))
     gap = float((z[1:] - z[0]).norm(dim=1).max() / z[0].norm())  # relative change of the embedding
     assert (gap < 1e-5) if invariant else (gap > 1e-4), gap
+
+
+def _resnet_checkpoint(seed: int) -> tuple[nn.Module, Checkpoint]:
+    from pipeline import families
+
+    architecture = families.sample_architecture("resnet", "digits", np.random.default_rng(seed), "relu")
+    torch.manual_seed(seed)
+    module = families.build_module(architecture).train()
+    with torch.no_grad():  # running statistics away from (0, 1), as after training
+        for _ in range(3):
+            module(2.0 * torch.randn(16, 1, 16, 16) + 0.5)
+    module.eval()
+    checkpoint = families.checkpoint_from_module(
+        module, id="r", family="resnet", dataset="digits", architecture=architecture
+    )
+    return module, checkpoint
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_residual_network_permuted_inside_its_blocks_computes_the_same(seed):
+    from pipeline import families
+    from pipeline.invariance import random_permutation, unit_groups
+
+    module, checkpoint = _resnet_checkpoint(seed)
+    groups = unit_groups(checkpoint)
+    blocks = sum(
+        op["op"] == "residual" for op in json.loads(checkpoint.hyperparameters["architecture"])["ops"]
+    )
+    assert (
+        len(groups) == blocks
+    )  # one group per block: the body's first conv, its batch norm, the second conv
+    permuted = random_permutation(checkpoint, np.random.default_rng(seed))
+    moved = {
+        layer.name
+        for layer, old in zip(permuted, checkpoint.layers, strict=True)
+        if not np.array_equal(layer.weight, old.weight)
+    }
+    assert moved and all(".body." in name for name in moved)  # units tied to a skip stay in place
+    x = torch.randn(8, 1, 16, 16)
+    rebuilt = families.module_from_checkpoint(
+        Checkpoint("r", "resnet", "digits", permuted, {}, checkpoint.hyperparameters)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_network_with_batch_norms_and_no_architecture_has_no_permutation():
+    from pipeline.invariance import random_permutation
+
+    _, checkpoint = _resnet_checkpoint(0)
+    del checkpoint.hyperparameters["architecture"]  # as read from a folder of bare state dicts
+    assert random_permutation(checkpoint, np.random.default_rng(0)) is None
+    checkpoint.properties = {"test_accuracy": 0.3}
+    assert permute_record(chunk_checkpoint(checkpoint, 4, probe=False), np.random.default_rng(0)) is None
+
+
+def test_a_batch_with_an_unpermutable_network_trains_it_on_the_task_loss_alone():
+    from pipeline.config import TrainConfig
+    from pipeline.train import TargetScaler, build_encoder, train_step
+
+    _, resnet = _resnet_checkpoint(1)
+    del resnet.hyperparameters["architecture"]
+    resnet.properties = {"test_accuracy": 0.3}
+    torch.manual_seed(2)
+    net, _ = _mlp()
+    plain = Checkpoint("m", "mlp", "digits", _layers_of(net), {"test_accuracy": 0.6})
+    records = [chunk_checkpoint(c, 4, probe=False) for c in (resnet, plain)]
+    config = TrainConfig(chunk_size=4, invariance_weight=1.0, hidden=16, heads=2)
+    encoder = build_encoder(config, ("digits",))
+    step = train_step(
+        encoder,
+        torch.optim.Adam(encoder.parameters()),
+        records,
+        config,
+        TargetScaler(0.5, 0.2),
+        np.random.default_rng(0),
+    )
+    assert step["without_permutation"] == 1.0
+    assert np.isfinite(step["loss"]) and step["invariance_loss"] > 0.0
