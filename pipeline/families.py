@@ -145,6 +145,16 @@ def cnn_s_architecture(activation: str = "relu", dropout: float = 0.0, channels:
     return {"family": "cnn-s", "input_shape": [channels, 28, 28], "ops": ops}
 
 
+def cnn_l_architecture(activation: str = "relu", channels: int = 3) -> dict[str, Any]:
+    """Model Zoos CNN-l on 32×32: convs 3×3 c→16→32→15, each with max pooling, flatten 60, 60→20→10."""
+    ops: list[dict[str, Any]] = []
+    for cin, cout in ((channels, 16), (16, 32), (32, 15)):
+        ops += [_conv("conv2d", cin, cout, 3), {"op": "maxpool2d", "kernel": 2}, {"op": activation}]
+    ops += [{"op": "flatten"}, {"op": "linear", "in": 60, "out": 20}, {"op": activation}]
+    ops += [{"op": "linear", "in": 20, "out": 10}]
+    return {"family": "cnn-l", "input_shape": [channels, 32, 32], "ops": ops}
+
+
 def siren_architecture(hidden: int = 32, w0: float = SIREN_W0) -> dict[str, Any]:
     """The paper's INR: 1 → hidden → hidden → 1 with sine activations."""
     ops = [
@@ -234,6 +244,46 @@ def _sample_cnn(
             return {"family": "cnn", "input_shape": list(shape), "ops": ops}
 
 
+def _basic_block(
+    channels: int, out: int, stride: int, activation: str, dropout: float = 0.0
+) -> list[dict[str, Any]]:
+    """A ResNet basic block and the activation after its sum: two 3×3 convs with batch norm, the skip a
+    1×1 conv with batch norm where the width or the resolution changes (torchvision's ``BasicBlock``)."""
+    body = [
+        _conv("conv2d", channels, out, 3, stride=stride, padding=1, bias=False),
+        {"op": "batchnorm2d", "channels": out},
+        {"op": activation},
+        *_dropout(dropout),
+        _conv("conv2d", out, out, 3, padding=1, bias=False),
+        {"op": "batchnorm2d", "channels": out},
+    ]
+    shortcut = []
+    if stride != 1 or channels != out:
+        shortcut = [
+            _conv("conv2d", channels, out, 1, stride=stride, bias=False),
+            {"op": "batchnorm2d", "channels": out},
+        ]
+    return [{"op": "residual", "body": body, "shortcut": shortcut}, {"op": activation}]
+
+
+def resnet18_architecture(classes: int = 10, channels: int = 3, size: int = 32) -> dict[str, Any]:
+    """ResNet-18 as the Model Zoos ResNet-18 zoos train it: torchvision's layers with a 3×3 stride-1 stem
+    and no max pooling (for 32×32 and 64×64 images), four stages of two basic blocks (64, 128, 256, 512
+    channels), global average pooling, a linear layer to ``classes``; about 11.2 M parameters."""
+    ops: list[dict[str, Any]] = [
+        _conv("conv2d", channels, 64, 3, padding=1, bias=False),
+        {"op": "batchnorm2d", "channels": 64},
+        {"op": "relu"},
+    ]
+    width = 64
+    for stage, out in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            ops += _basic_block(width, out, 2 if stage > 0 and block == 0 else 1, "relu")
+            width = out
+    ops += [{"op": "gap"}, {"op": "linear", "in": 512, "out": classes}]
+    return {"family": "resnet18", "input_shape": [channels, size, size], "ops": ops}
+
+
 def _sample_resnet(
     shape: tuple[int, ...], rng: np.random.Generator, activation: str, dropout: float
 ) -> dict[str, Any]:
@@ -257,24 +307,9 @@ def _sample_resnet(
             for block in range(count):
                 stride = 2 if stage > 0 and block == 0 else 1
                 size = -(-size // stride)
-                body = [
-                    _conv("conv2d", channels, out, 3, stride=stride, padding=1, bias=False),
-                    {"op": "batchnorm2d", "channels": out},
-                    {"op": activation},
-                    *_dropout(dropout),
-                    _conv("conv2d", out, out, 3, padding=1, bias=False),
-                    {"op": "batchnorm2d", "channels": out},
-                ]
-                shortcut = []
-                if stride != 1 or channels != out:
-                    shortcut = [
-                        _conv("conv2d", channels, out, 1, stride=stride, bias=False),
-                        {"op": "batchnorm2d", "channels": out},
-                    ]
-                ops += [{"op": "residual", "body": body, "shortcut": shortcut}, {"op": activation}]
-                macs += (
-                    (channels * out * 9 + out * out * 9 + (channels * out if shortcut else 0)) * size * size
-                )
+                ops += _basic_block(channels, out, stride, activation, dropout)
+                skip = channels * out if stride != 1 or channels != out else 0
+                macs += (channels * out * 9 + out * out * 9 + skip) * size * size
                 channels = out
         ops += [{"op": "gap"}, {"op": "linear", "in": channels, "out": 10}]
         if macs <= MAX_RESNET_MACS:
@@ -300,7 +335,16 @@ def _module_for_op(spec: dict[str, Any]) -> nn.Module:
         return nn.Conv1d(spec["in"], spec["out"], spec["kernel"], spec["stride"], spec["padding"])
     if op == "linear":
         return nn.Linear(spec["in"], spec["out"])
-    simple = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "gap": GlobalAvgPool, "flatten": nn.Flatten}
+    simple = {
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "gelu": nn.GELU,
+        "sigmoid": nn.Sigmoid,
+        "leakyrelu": nn.LeakyReLU,
+        "silu": nn.SiLU,
+        "gap": GlobalAvgPool,
+        "flatten": nn.Flatten,
+    }
     if op in simple:
         return simple[op]()
     if op == "sine":
@@ -429,9 +473,7 @@ def checkpoint_from_module(
     return Checkpoint(id, family, dataset, layers_from_module(module), dict(properties or {}), hyper)
 
 
-def _copy(target: torch.Tensor, value: np.ndarray | None, what: str) -> None:
-    if value is None:
-        raise ValueError(f"{what}: missing from the checkpoint, the module has one")
+def _copy(target: torch.Tensor, value: np.ndarray, what: str) -> None:
     if tuple(value.shape) != tuple(target.shape):
         raise ValueError(
             f"{what}: checkpoint shape {tuple(value.shape)}, module expects {tuple(target.shape)}"
@@ -443,30 +485,38 @@ def load_checkpoint_into(module: nn.Module, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's weights (and batch norms' running statistics) into a module of the same
     architecture (in place).
 
-    Raises ValueError naming the first layer whose name, kind or shape does not match.
+    Layers are matched by position in module order, so a checkpoint keeps the names its source gave
+    them (torchvision's ``layer1.0.conv1``, Model Zoos' ``module_list.0``). Raises ValueError naming the
+    first layer whose kind or shape does not match, or when the layer counts differ.
     """
-    expected = {layer.name: layer.kind for layer in layers_from_module(module)}
-    given = {layer.name: layer.kind for layer in checkpoint.layers}
-    if sorted(given) != sorted(expected):
+    expected = layers_from_module(module)
+    if len(expected) != len(checkpoint.layers):
         raise ValueError(
-            f"checkpoint {checkpoint.id!r} has layers {list(given)}, the module has {list(expected)}"
+            f"checkpoint {checkpoint.id!r} has {len(checkpoint.layers)} layers "
+            f"({[layer.name for layer in checkpoint.layers][:6]}…), the module {len(expected)}"
         )
-    for name, kind in given.items():
-        if kind != expected[name]:
-            raise ValueError(f"layer {name!r}: checkpoint kind {kind!r}, module kind {expected[name]!r}")
-    layers = {layer.name: layer for layer in checkpoint.layers}
+    for want, have in zip(expected, checkpoint.layers, strict=True):
+        where = f"layer {have.name!r} (the module's {want.name!r})"
+        if want.kind != have.kind:
+            raise ValueError(f"{where}: checkpoint kind {have.kind!r}, module kind {want.kind!r}")
+        if want.weight.shape != have.weight.shape:
+            raise ValueError(
+                f"{where}: checkpoint weight shape {tuple(have.weight.shape)}, module expects "
+                f"{tuple(want.weight.shape)}"
+            )
+        if (want.bias is None) != (have.bias is None):
+            raise ValueError(f"{where}: bias present in only one of checkpoint and module")
+    layers = iter(checkpoint.layers)
     with torch.no_grad():
-        for name, target in parameter_modules(module):
-            layer = layers[name]
-            _copy(target.weight, layer.weight, f"layer {name!r} weight")
-            if (layer.bias is None) != (target.bias is None):
-                raise ValueError(f"layer {name!r}: bias present in only one of checkpoint and module")
+        for _, target in parameter_modules(module):
+            layer = next(layers)
+            _copy(target.weight, layer.weight, f"layer {layer.name!r} weight")
             if layer.bias is not None:
-                _copy(target.bias, layer.bias, f"layer {name!r} bias")
+                _copy(target.bias, layer.bias, f"layer {layer.name!r} bias")
             if isinstance(target, _NORM_MODULES):
-                stats = layers[f"{name}.running"].weight
-                _copy(target.running_mean, stats[:, 0], f"layer {name!r} running mean")
-                _copy(target.running_var, stats[:, 1], f"layer {name!r} running variance")
+                stats = next(layers).weight
+                _copy(target.running_mean, stats[:, 0], f"layer {layer.name!r} running mean")
+                _copy(target.running_var, stats[:, 1], f"layer {layer.name!r} running variance")
 
 
 def module_from_checkpoint(checkpoint: Checkpoint) -> nn.Sequential:

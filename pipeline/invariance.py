@@ -22,7 +22,10 @@ from pipeline.chunking import checkpoint_from_record, chunk_checkpoint
 from pipeline.zoo.checkpoint import WEIGHTED_KINDS, Checkpoint, Layer
 
 # Ops that act on each channel alone, so hidden units may be permuted across them.
-_CHANNELWISE_OPS = {"relu", "tanh", "gelu", "sine", "dropout", "maxpool1d", "maxpool2d", "gap", "flatten"}
+_CHANNELWISE_OPS = {
+    *("relu", "tanh", "gelu", "sigmoid", "leakyrelu", "silu", "sine"),
+    *("dropout", "maxpool1d", "maxpool2d", "gap", "flatten"),
+}
 _WEIGHTED_OPS = {"conv1d", "conv2d", "linear"}
 _BATCHNORM_OPS = {"batchnorm1d", "batchnorm2d"}  # a norm layer and its norm_stats layer
 

@@ -4,6 +4,7 @@
     <zoo>/<trial>/params.json                  the trial config (model::*, optim::*, training::*, seed)
     <zoo>/<trial>/result.json                  JSON lines, one per epoch (train_acc, test_acc, …, training_iteration)
     <zoo>/<trial>/checkpoint_<N>/checkpoints   torch.save of a state dict: module_list.<i>.weight / .bias
+                                               (ResNet-18 zoos: torchvision's names, batch-norm buffers)
 
 Checkpoint files are pickles: they are loaded only with ``torch.load(..., weights_only=True)``.
 A checkpoint's id is its trial folder name; the chosen epoch is in its hyperparameters ("epoch").
@@ -40,6 +41,7 @@ from pipeline.zoo.listing import (
     printable,
     relative,
 )
+from pipeline.zoo.state_dict import layers_from_state_dict
 
 TRIALS_PER_PART = 64
 CHECKPOINT_FILE = re.compile(r"^checkpoint_(\d+)/checkpoints$")
@@ -293,9 +295,13 @@ def _read_trial(fs, root: str, trial: dict, zoo_dataset: str) -> Checkpoint | Re
 
     hyperparameters = {k: _scalar(v) for k, v in params.items()}
     hyperparameters["epoch"] = epoch
+    family = _family(layers, params)
+    architecture = _architecture(family, layers, params)
+    if architecture is not None:
+        hyperparameters["architecture"] = architecture
     return Checkpoint(
         id=name,
-        family=_family(layers, params),
+        family=family,
         dataset=_dataset_from(params) or zoo_dataset,
         layers=layers,
         properties=with_generalization_gap(properties),
@@ -400,17 +406,15 @@ def _first_line(e: Exception) -> str:
 
 
 def _layers(state: dict[str, np.ndarray]) -> list[Layer] | str:
-    """Layers ordered by module index, weight and bias paired by prefix (indices may have gaps)."""
+    """Layers ordered by module index, weight and bias paired by prefix (indices may have gaps); a state
+    dict named otherwise (torchvision's ResNet-18: ``conv1``, ``layer1.0.bn1``, ``fc``) is read in its
+    own order by pipeline.zoo.state_dict."""
     grouped: dict[str, dict] = {}
-    unknown = []
     for key, arr in state.items():
         m = STATE_KEY.match(key)
         if not m:
-            unknown.append(key)
-            continue
+            return layers_from_state_dict(state)
         grouped.setdefault(m.group("layer"), {"index": int(m.group("index"))})[m.group("what")] = arr
-    if unknown:
-        return f"unsupported state-dict entries {', '.join(sorted(unknown)[:5])}"
     if not grouped:
         return "empty state dict"
     layers = []
@@ -421,10 +425,48 @@ def _layers(state: dict[str, np.ndarray]) -> list[Layer] | str:
         if kind is None:
             return (
                 f"{layer_name}.weight has shape {tuple(g['weight'].shape)}: not a linear or conv layer "
-                f"(normalisation layers are not supported)"
+                f"(a module list of linear and conv layers holds no other weights)"
             )
         layers.append(Layer(layer_name, kind, g["weight"], g.get("bias")))
     return layers
+
+
+# params.json's model::nlin → the activation op of pipeline.families.
+ACTIVATIONS = {
+    "relu": "relu",
+    "tanh": "tanh",
+    "gelu": "gelu",
+    "sigmoid": "sigmoid",
+    "leakyrelu": "leakyrelu",
+    "silu": "silu",
+}
+
+
+def _architecture(family: str, layers: list[Layer], params: dict) -> str | None:
+    """The runnable architecture (pipeline.families JSON) of a published family, so the network can be
+    probed and permuted; None where the trial does not say enough (an unknown activation) or the family
+    is not one the generator code defines.
+
+    The op order follows the public generator code (HSG-AIML, ``def_net.py``): CNN-s and CNN-l put max
+    pooling before the activation, CNN-l keeps a dropout module even at p = 0 (no effect in eval mode),
+    ResNet-18 is torchvision's with a 3×3 stride-1 stem and no max pooling.
+    """
+    from pipeline import families
+
+    activation = ACTIVATIONS.get(str(params.get("model::nlin", "")).lower())
+    if family == "cnn-s" and activation:
+        arch = families.cnn_s_architecture(activation, 0.0, int(layers[0].weight.shape[1]))
+    elif family == "cnn-l" and activation:
+        arch = families.cnn_l_architecture(activation)
+    elif family == "resnet18":
+        classes = int(layers[-1].weight.shape[0])
+        # Tiny-ImageNet (200 classes) trains on 64×64 images, CIFAR-10 and CIFAR-100 on 32×32.
+        arch = families.resnet18_architecture(
+            classes, int(layers[0].weight.shape[1]), 64 if classes == 200 else 32
+        )
+    else:
+        return None
+    return families.architecture_json(arch)
 
 
 def _family(layers: list[Layer], params: dict) -> str:

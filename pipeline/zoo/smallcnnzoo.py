@@ -436,16 +436,44 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
                 bias = vector[b0:b1].copy()
             layers.append(Layer(spec["name"], spec["kind"], weight, bias))
         properties = {c: float(v[i]) for c, v in part["properties"].items() if v[i] is not None}
+        hyperparameters = {k: v[i] for k, v in part["hyperparameters"].items()}
+        architecture = _runnable_architecture(part["family"], part["datasets"][i], layers, hyperparameters)
+        if architecture is not None:
+            hyperparameters["architecture"] = architecture
         checkpoint = Checkpoint(
             id=cid,
             family=part["family"],
             dataset=part["datasets"][i],
             layers=layers,
             properties=with_generalization_gap(properties),
-            hyperparameters={k: v[i] for k, v in part["hyperparameters"].items()},
+            hyperparameters=hyperparameters,
         )
         reason = validate(checkpoint)
         yield Rejection(cid, reason) if reason else checkpoint
+
+
+# Input side of the public zoo's datasets (grayscale, one channel); the network pools globally, so any
+# size runs, and other datasets are probed at 32.
+DATASET_IMAGE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "svhn_cropped": 32}
+ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "leakyrelu", "silu")
+
+
+def _runnable_architecture(
+    family: str, dataset: str, layers: list[Layer], hyperparameters: dict
+) -> str | None:
+    """The Small CNN architecture of a run (its activation from ``config.activation``), so the network can
+    be probed; the one the checkpoint already names, or None for another layout or an unknown activation."""
+    if hyperparameters.get("architecture") or family != "smallcnn":
+        return None
+    activation = str(hyperparameters.get("activation", "")).lower()
+    if activation not in ACTIVATIONS:
+        return None
+    from pipeline import families
+    from pipeline.datasets import IMAGE_DATASETS, IMAGE_SIZE
+
+    size = IMAGE_SIZE if dataset in IMAGE_DATASETS else DATASET_IMAGE_SIZE.get(dataset, 32)
+    channels = int(layers[0].weight.shape[1])
+    return families.architecture_json(families.smallcnn_architecture(activation, 0.0, (channels, size, size)))
 
 
 # --- writing ---------------------------------------------------------------------------------------
