@@ -2,7 +2,7 @@
 
 ``open_zoo`` lists a zoo into parts, ``read_part`` reads one (a Ray task's unit of work),
 ``read_zoo`` reads them all. Writers live in the format modules: ``native``, ``smallcnnzoo``,
-``modelzoos``. Importing this package imports no format module, torch or safetensors.
+``modelzoos``, ``tensorfolder`` (format "safetensors"). Importing this package imports no format module, torch or safetensors.
 """
 
 from pipeline.zoo.checkpoint import Checkpoint, Layer, Rejection, validate, with_generalization_gap

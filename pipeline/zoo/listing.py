@@ -21,13 +21,16 @@ from typing import Any
 from pipeline import storage
 from pipeline.zoo.checkpoint import Checkpoint, Rejection
 
-FORMATS = ("native", "smallcnnzoo", "modelzoos")
+FORMATS = ("native", "smallcnnzoo", "modelzoos", "safetensors")
+# The module of each format, where its name differs (a module named safetensors would shadow the package).
+FORMAT_MODULES = {"safetensors": "tensorfolder"}
 STEPS = ("final", "all")
 
 # File names that identify a format at the top of a zoo (or one folder below it).
 NATIVE_MARKER = "zoo.json"
 SMALLCNNZOO_FILES = ("weights.npy", "metrics.csv.gz", "layout.csv")
 MODELZOOS_TRIAL_FILES = ("params.json", "result.json")
+SAFETENSORS_TABLE = "properties.csv"
 # How many subfolders detection looks into: enough to see past a stray folder, cheap on S3.
 DETECT_SUBFOLDERS = 8
 
@@ -49,7 +52,7 @@ class ZooListing:
 def _format_module(name: str):
     if name not in FORMATS:
         raise ZooError(f"unknown zoo format {name!r}; expected one of {', '.join(FORMATS)} or 'auto'")
-    return importlib.import_module(f"pipeline.zoo.{name}")
+    return importlib.import_module(f"pipeline.zoo.{FORMAT_MODULES.get(name, name)}")
 
 
 def _children(fs, path: str) -> dict[str, str]:
@@ -67,11 +70,13 @@ def _format_of_folder(children: dict[str, str]) -> str | None:
         return "native"
     if any(children.get(f) == "file" for f in SMALLCNNZOO_FILES):
         return "smallcnnzoo"
+    if children.get(SAFETENSORS_TABLE) == "file":
+        return "safetensors"
     return None
 
 
 def detect_format(uri: str) -> str:
-    """The zoo's format ("native", "smallcnnzoo" or "modelzoos") from the files present.
+    """The zoo's format ("native", "smallcnnzoo", "modelzoos" or "safetensors") from the files present.
 
     Looks at the zoo folder and at most DETECT_SUBFOLDERS of its subfolders; ZooError says what was found.
     """
@@ -99,7 +104,8 @@ def detect_format(uri: str) -> str:
     raise ZooError(
         f"cannot detect the format of the zoo at {uri}: found [{shown}]; expected {NATIVE_MARKER} (native), "
         f"{' + '.join(SMALLCNNZOO_FILES)} (smallcnnzoo, here or in dataset subfolders), "
-        f"or trial folders holding params.json / result.json / checkpoint_<N>/ (modelzoos)"
+        f"trial folders holding params.json / result.json / checkpoint_<N>/ (modelzoos), "
+        f"or {SAFETENSORS_TABLE} beside *.safetensors files (safetensors)"
     )
 
 

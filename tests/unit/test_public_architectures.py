@@ -8,12 +8,12 @@ stored one computed.
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from reference_nets import TorchvisionResNet18, write_trial
 from torch import nn
 
 from pipeline import families
@@ -26,64 +26,14 @@ from pipeline.zoo.smallcnnzoo import write_zoo as write_smallcnnzoo
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class _Block(nn.Module):
-    """torchvision's BasicBlock: conv1, bn1, relu, conv2, bn2, + downsample(x), relu."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class _TorchvisionResNet18(nn.Module):
-    """The Model Zoos ResNet-18: torchvision's module names, a 3×3 stride-1 stem, no max pooling."""
-
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        widths, cin = (64, 128, 256, 512), 64
-        for i, width in enumerate(widths, start=1):
-            stride = 1 if i == 1 else 2
-            setattr(self, f"layer{i}", nn.Sequential(_Block(cin, width, stride), _Block(width, width, 1)))
-            cin = width
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-def _write_trial(root, name: str, state: dict, params: dict) -> None:
-    trial = root / name
-    (trial / "checkpoint_000003").mkdir(parents=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    (trial / "checkpoint_000003" / "checkpoints").write_bytes(buffer.getvalue())
-    (trial / "params.json").write_text(json.dumps(params))
-    line = {"training_iteration": 3, "train_acc": 0.61, "test_acc": 0.55, "train_loss": 1.1, "test_loss": 1.3}
-    (trial / "result.json").write_text(json.dumps(line) + "\n")
-
-
 def test_a_model_zoos_resnet18_trial_is_rebuilt_probed_and_permuted(tmp_path):
     torch.manual_seed(0)
-    reference = _TorchvisionResNet18().train()
+    reference = TorchvisionResNet18().train()
     with torch.no_grad():  # running statistics away from (0, 1), as after training
         reference(torch.randn(4, 3, 32, 32) * 2.0 + 0.3)
     reference.eval()
     params = {"model::type": "Resnet18", "model::o_dim": 10, "model::channels_in": 3, "model::nlin": "relu"}
-    _write_trial(tmp_path, "trial_0", reference.state_dict(), params)
+    write_trial(tmp_path, "trial_0", reference.state_dict(), params)
 
     (checkpoint,) = list(read_zoo(str(tmp_path)))
     assert isinstance(checkpoint, Checkpoint), checkpoint
@@ -133,10 +83,10 @@ def test_a_model_zoos_cnn_trial_is_rebuilt_with_its_activation(tmp_path):
         ]
     ).eval()
     state = {f"module_list.{k}": v for k, v in reference.state_dict().items()}
-    _write_trial(
+    write_trial(
         tmp_path, "trial_0", state, {"model::type": "CNN", "model::nlin": "tanh", "model::dropout": 0.1}
     )
-    _write_trial(tmp_path, "trial_1", state, {"model::type": "CNN", "model::nlin": "softplus"})
+    write_trial(tmp_path, "trial_1", state, {"model::type": "CNN", "model::nlin": "softplus"})
 
     by_id = {item.id: item for item in read_zoo(str(tmp_path))}
     x = torch.randn(4, 1, 28, 28)
