@@ -35,8 +35,8 @@ from torch import nn
 
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
-FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "siren", "resnet")
-CLASSIFIER_FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "resnet")
+FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "siren", "resnet", "vit")
+CLASSIFIER_FAMILIES = ("smallcnn", "cnn-s", "mlp", "cnn", "resnet", "vit")
 ACTIVATIONS = ("relu", "tanh", "gelu")
 INITIALIZATIONS = ("default", "xavier_normal", "kaiming_normal", "orthogonal", "normal")
 SIREN_W0 = 30.0
@@ -47,7 +47,7 @@ MAX_RESNET_MACS = 1_500_000
 
 _WEIGHTED_OPS = {"conv1d": "conv1d", "conv2d": "conv2d", "linear": "linear"}
 _MODULE_KINDS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
-_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class Sine(nn.Module):
@@ -75,6 +75,58 @@ class Residual(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
+class PatchEmbedding(nn.Module):
+    """(B, C, H, W) → (B, tokens, dim): a conv with kernel and stride ``patch``, one token per patch."""
+
+    def __init__(self, channels: int, dim: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, dim, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class PositionEmbedding(nn.Module):
+    """Adds a learnt vector per token position: ``weight`` (tokens, dim), a checkpoint's embedding layer."""
+
+    def __init__(self, tokens: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over (B, tokens, dim) with separate q, k, v and out projections, so each
+    is a linear layer of its own in a checkpoint (``nn.MultiheadAttention`` fuses q, k, v)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not a multiple of {heads} heads")
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        mixed = nn.functional.scaled_dot_product_attention(
+            split(self.q(x)), split(self.k(x)), split(self.v(x))
+        )
+        return self.out(mixed.transpose(1, 2).reshape(b, n, d))
+
+
+class TokenMean(nn.Module):
+    """(B, tokens, dim) → (B, dim): the mean over tokens."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
 class GlobalAvgPool(nn.Module):
     """(B, C, *spatial) → (B, C): mean over all spatial positions."""
 
@@ -86,7 +138,7 @@ def datasets_for(family: str) -> tuple[str, ...]:
     """The datasets a family trains on (all image datasets share one input format)."""
     from pipeline.datasets import DATASETS, IMAGE_DATASETS
 
-    if family in ("smallcnn", "cnn-s", "resnet"):
+    if family in ("smallcnn", "cnn-s", "resnet", "vit"):
         return IMAGE_DATASETS
     if family in ("mlp", "cnn"):
         return DATASETS
@@ -182,6 +234,8 @@ def sample_architecture(
         return _sample_mlp(shape, rng, activation, dropout)
     if family == "resnet":
         return _sample_resnet(shape, rng, activation, dropout)
+    if family == "vit":
+        return _sample_vit(shape, rng, activation)
     return _sample_cnn(shape, rng, activation, dropout)
 
 
@@ -316,6 +370,33 @@ def _sample_resnet(
             return {"family": "resnet", "input_shape": list(shape), "ops": ops}
 
 
+def _sample_vit(shape: tuple[int, ...], rng: np.random.Generator, activation: str) -> dict[str, Any]:
+    """A tiny vision transformer: 4×4 patches as tokens, a learnt position per token, 1–3 pre-norm blocks
+    (self-attention of 2 or 4 heads, then an MLP of twice the width, each around a skip), a final layer
+    norm, the mean over tokens and a linear layer."""
+    dim, heads = int(rng.choice([16, 24, 32])), int(rng.choice([2, 4]))
+    patch = 4
+    tokens = (shape[1] // patch) * (shape[2] // patch)
+    ops: list[dict[str, Any]] = [
+        {"op": "patchify", "in": shape[0], "dim": dim, "patch": patch},
+        {"op": "position", "tokens": tokens, "dim": dim},
+    ]
+    for _ in range(int(rng.integers(1, 4))):
+        attention = [{"op": "layernorm", "dim": dim}, {"op": "attention", "dim": dim, "heads": heads}]
+        mlp = [
+            {"op": "layernorm", "dim": dim},
+            {"op": "linear", "in": dim, "out": 2 * dim},
+            {"op": activation},
+            {"op": "linear", "in": 2 * dim, "out": dim},
+        ]
+        ops += [
+            {"op": "residual", "body": attention, "shortcut": []},
+            {"op": "residual", "body": mlp, "shortcut": []},
+        ]
+    ops += [{"op": "layernorm", "dim": dim}, {"op": "token_mean"}, {"op": "linear", "in": dim, "out": 10}]
+    return {"family": "vit", "input_shape": list(shape), "ops": ops}
+
+
 def _as_dict(architecture: str | dict[str, Any]) -> dict[str, Any]:
     return json.loads(architecture) if isinstance(architecture, str) else architecture
 
@@ -355,6 +436,16 @@ def _module_for_op(spec: dict[str, Any]) -> nn.Module:
         return nn.MaxPool2d(spec["kernel"])
     if op == "maxpool1d":
         return nn.MaxPool1d(spec["kernel"])
+    if op == "patchify":
+        return PatchEmbedding(spec["in"], spec["dim"], spec["patch"])
+    if op == "position":
+        return PositionEmbedding(spec["tokens"], spec["dim"])
+    if op == "attention":
+        return SelfAttention(spec["dim"], spec["heads"])
+    if op == "layernorm":
+        return nn.LayerNorm(spec["dim"])
+    if op == "token_mean":
+        return TokenMean()
     if op == "batchnorm2d":
         return nn.BatchNorm2d(spec["channels"])
     if op == "batchnorm1d":
@@ -390,11 +481,12 @@ def weighted_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def parameter_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) for every module a checkpoint holds: conv / linear layers and batch norms, in order."""
+    """(name, module) for every module a checkpoint holds, in order: conv / linear layers, batch and layer
+    norms, position embeddings."""
     return [
         (name, m)
         for name, m in module.named_modules()
-        if type(m) in _MODULE_KINDS or isinstance(m, _NORM_MODULES)
+        if type(m) in _MODULE_KINDS or isinstance(m, (*_BATCH_NORMS, nn.LayerNorm, PositionEmbedding))
     ]
 
 
@@ -443,15 +535,18 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def layers_from_module(module: nn.Module) -> list[Layer]:
     """The module's parameters as checkpoint layers (float32 copies, PyTorch layout): a conv / linear layer
-    each, a batch norm as its affine scale and shift (kind norm) and its running statistics (norm_stats,
-    named ``<module>.running``)."""
+    each, a batch or layer norm as its affine scale and shift (kind norm), a batch norm's running statistics
+    after it (norm_stats, named ``<module>.running``), a position table as an embedding."""
     out = []
     for name, layer in parameter_modules(module):
-        bias = None if layer.bias is None else _numpy(layer.bias)
-        if isinstance(layer, _NORM_MODULES):
+        bias = None if getattr(layer, "bias", None) is None else _numpy(layer.bias)
+        if isinstance(layer, PositionEmbedding):
+            out.append(Layer(name, "embedding", _numpy(layer.weight)))
+        elif isinstance(layer, (*_BATCH_NORMS, nn.LayerNorm)):
             out.append(Layer(name, "norm", _numpy(layer.weight), bias))
-            stats = np.stack([_numpy(layer.running_mean), _numpy(layer.running_var)], axis=1)
-            out.append(Layer(f"{name}.running", "norm_stats", stats))
+            if isinstance(layer, _BATCH_NORMS):
+                stats = np.stack([_numpy(layer.running_mean), _numpy(layer.running_var)], axis=1)
+                out.append(Layer(f"{name}.running", "norm_stats", stats))
         else:
             out.append(Layer(name, _MODULE_KINDS[type(layer)], _numpy(layer.weight), bias))
     return out
@@ -513,7 +608,7 @@ def load_checkpoint_into(module: nn.Module, checkpoint: Checkpoint) -> None:
             _copy(target.weight, layer.weight, f"layer {layer.name!r} weight")
             if layer.bias is not None:
                 _copy(target.bias, layer.bias, f"layer {layer.name!r} bias")
-            if isinstance(target, _NORM_MODULES):
+            if isinstance(target, _BATCH_NORMS):
                 stats = next(layers).weight
                 _copy(target.running_mean, stats[:, 0], f"layer {layer.name!r} running mean")
                 _copy(target.running_var, stats[:, 1], f"layer {layer.name!r} running variance")

@@ -57,8 +57,9 @@ class Preset:
 
 
 _CLASSIFIER_MIX = (("smallcnn", 0.25), ("cnn-s", 0.15), ("mlp", 0.25), ("cnn", 0.35))
-# Today's families and residual networks with batch norm, for the cross-architecture task.
-_WILD_MIX = (("smallcnn", 0.15), ("cnn-s", 0.1), ("mlp", 0.15), ("cnn", 0.25), ("resnet", 0.35))
+# Plain CNNs and MLPs beside residual networks with batch norm and vision transformers, for the
+# cross-architecture task.
+_WILD_MIX = (("smallcnn", 0.1), ("cnn-s", 0.1), ("mlp", 0.15), ("cnn", 0.2), ("resnet", 0.25), ("vit", 0.2))
 PRESETS = {
     "tiny": Preset(48, _CLASSIFIER_MIX, 8),  # integration tests: about a minute on 2 cores
     "demo": Preset(300, _CLASSIFIER_MIX, 16),

@@ -1,8 +1,9 @@
 """Function-preserving permutations of hidden units, and the logit-invariance loss (DESIGN.md, point 6).
 
 A permutation is planned as *unit groups*: a producer layer whose output units move (weight rows, bias),
-the per-channel layers that follow it (batch norms: scale, shift, running statistics) and the consumer
-layer whose inputs move with them. The plan comes from the checkpoint's architecture when it carries one
+the per-channel layers that follow it (batch and layer norms: scale, shift, running statistics) and the
+consumer layer whose inputs move with them; and *head groups*: a self-attention's heads, and the units
+inside each head. The plan comes from the checkpoint's architecture when it carries one
 (pipeline.families: units inside a residual block's body are permuted, units tied to a skip are not);
 a checkpoint without one is permuted as a plain stack of conv / linear layers, the layout of every
 public CNN zoo, and any other network gets no plan: it trains without the invariance term.
@@ -24,7 +25,7 @@ from pipeline.zoo.checkpoint import WEIGHTED_KINDS, Checkpoint, Layer
 # Ops that act on each channel alone, so hidden units may be permuted across them.
 _CHANNELWISE_OPS = {
     *("relu", "tanh", "gelu", "sigmoid", "leakyrelu", "silu", "sine"),
-    *("dropout", "maxpool1d", "maxpool2d", "gap", "flatten"),
+    *("dropout", "maxpool1d", "maxpool2d", "gap", "flatten", "token_mean"),
 }
 _WEIGHTED_OPS = {"conv1d", "conv2d", "linear"}
 _BATCHNORM_OPS = {"batchnorm1d", "batchnorm2d"}  # a norm layer and its norm_stats layer
@@ -39,7 +40,23 @@ class UnitGroup:
     consumer: int
 
 
-def _walk(ops: list[dict[str, Any]], next_index, groups: list[UnitGroup]) -> None:
+@dataclasses.dataclass(frozen=True)
+class HeadGroup:
+    """Layer indices of one self-attention (pipeline.families.SelfAttention): its heads are permuted, and
+    inside each head the q and k units together (their dot products stay) and the v units with the out
+    projection's inputs."""
+
+    q: int
+    k: int
+    v: int
+    out: int
+    heads: int
+
+
+Group = UnitGroup | HeadGroup
+
+
+def _walk(ops: list[dict[str, Any]], next_index, groups: list[Group]) -> None:
     """Append the unit groups of one op sequence; ``next_index()`` numbers layers in module order."""
     pending: tuple[int, list[int]] | None = None  # the last producer whose units may still move
     for spec in ops:
@@ -53,6 +70,17 @@ def _walk(ops: list[dict[str, Any]], next_index, groups: list[UnitGroup]) -> Non
             norm, stats = next_index(), next_index()
             if pending is not None:
                 pending[1].extend((norm, stats))
+        elif op == "layernorm":  # normalises over the units, so it follows their permutation
+            norm = next_index()
+            if pending is not None:
+                pending[1].append(norm)
+        elif op == "attention":
+            q, k, v, out = (next_index() for _ in range(4))
+            groups.append(HeadGroup(q, k, v, out, int(spec["heads"])))
+            pending = None
+        elif op in ("patchify", "position"):  # tokens feed the residual stream, tied to its skips
+            next_index()
+            pending = None
         elif op == "residual":
             # The block's input and output are tied to the skip: only units inside each branch move.
             pending = None
@@ -63,8 +91,8 @@ def _walk(ops: list[dict[str, Any]], next_index, groups: list[UnitGroup]) -> Non
 
 
 @functools.lru_cache(maxsize=256)
-def _architecture_groups(architecture: str) -> tuple[tuple[UnitGroup, ...], int]:
-    groups: list[UnitGroup] = []
+def _architecture_groups(architecture: str) -> tuple[tuple[Group, ...], int]:
+    groups: list[Group] = []
     counter = iter(range(1 << 30))
     _walk(json.loads(architecture)["ops"], lambda: next(counter), groups)
     return tuple(groups), next(counter)
@@ -75,7 +103,7 @@ def sequential_groups(layers: list[Layer]) -> list[UnitGroup]:
     return [UnitGroup(i, (), i + 1) for i in range(len(layers) - 1)]
 
 
-def unit_groups(checkpoint: Checkpoint) -> list[UnitGroup] | None:
+def unit_groups(checkpoint: Checkpoint) -> list[Group] | None:
     """The unit groups a function-preserving permutation of this checkpoint may move, or None when the
     project cannot derive them (its layers do not match its architecture, or a network without one holds
     more than conv / linear layers, where a skip or a table could hide)."""
@@ -92,7 +120,25 @@ def unit_groups(checkpoint: Checkpoint) -> list[UnitGroup] | None:
     return None
 
 
-def permute_units(layers: list[Layer], groups: list[UnitGroup], rng: np.random.Generator) -> list[Layer]:
+def _permute_heads(out: list[Layer], group: HeadGroup, rng: np.random.Generator) -> None:
+    q, k, v, proj = (out[i] for i in (group.q, group.k, group.v, group.out))
+    width = q.weight.shape[0]
+    if width % group.heads or any(layer.weight.shape[0] != width for layer in (k, v)):
+        raise ValueError(
+            f"attention {q.name!r}: q, k, v of {width} units do not split into {group.heads} heads"
+        )
+    size = width // group.heads
+    heads = rng.permutation(group.heads)
+    # New head j is old head heads[j], its q/k units in one order and its v units in another.
+    qk = np.concatenate([h * size + rng.permutation(size) for h in heads])
+    vo = np.concatenate([h * size + rng.permutation(size) for h in heads])
+    for layer, order in ((q, qk), (k, qk), (v, vo)):
+        layer.weight = layer.weight[order]
+        layer.bias = None if layer.bias is None else layer.bias[order]
+    proj.weight = proj.weight[:, vo]
+
+
+def permute_units(layers: list[Layer], groups: list[Group], rng: np.random.Generator) -> list[Layer]:
     """New layers with each group's units permuted at random; the input layers are not modified.
 
     When the consumer takes s inputs per unit of the producer (a flatten of s spatial positions, PyTorch
@@ -102,6 +148,9 @@ def permute_units(layers: list[Layer], groups: list[UnitGroup], rng: np.random.G
     """
     out = [dataclasses.replace(layer, weight=layer.weight.copy()) for layer in layers]
     for group in groups:
+        if isinstance(group, HeadGroup):
+            _permute_heads(out, group, rng)
+            continue
         producer, consumer = out[group.producer], out[group.consumer]
         units, fan_in = producer.weight.shape[0], consumer.weight.shape[1]
         if fan_in % units:

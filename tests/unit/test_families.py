@@ -278,3 +278,17 @@ def test_resnet_family_spans_depths_and_widths_under_its_compute_cap():
         depths.add(sum(op["op"] == "residual" for op in architecture["ops"]))
         widths.add(architecture["ops"][0]["out"])
     assert len(depths) >= 3 and len(widths) >= 3
+
+
+def test_vit_family_reads_as_patches_positions_attention_and_norms():
+    rng = np.random.default_rng(3)
+    architecture = families.sample_architecture("vit", "textures", rng, "relu")
+    module, checkpoint = _checkpoint(architecture, seed=4)
+    kinds = [layer.kind for layer in checkpoint.layers]
+    assert kinds[:2] == ["conv2d", "embedding"] and kinds[-2:] == ["norm", "linear"]
+    assert checkpoint.layers[1].weight.shape == (16, architecture["ops"][0]["dim"])  # 16 patches of 4×4
+    assert [layer.name.rsplit(".", 1)[-1] for layer in checkpoint.layers[3:7]] == ["q", "k", "v", "out"]
+    assert checkpoint.num_params == _num_params(module) and validate(checkpoint) is None
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(families.module_from_checkpoint(checkpoint)(x), module(x))

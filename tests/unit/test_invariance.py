@@ -303,3 +303,34 @@ def test_a_batch_with_an_unpermutable_network_trains_it_on_the_task_loss_alone()
     )
     assert step["without_permutation"] == 1.0
     assert np.isfinite(step["loss"]) and step["invariance_loss"] > 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_vision_transformer_permuted_across_and_inside_heads_computes_the_same(seed):
+    from pipeline import families
+    from pipeline.invariance import HeadGroup, random_permutation, unit_groups
+
+    architecture = families.sample_architecture("vit", "digits", np.random.default_rng(seed), "gelu")
+    torch.manual_seed(seed)
+    module = families.build_module(architecture).eval()
+    checkpoint = families.checkpoint_from_module(
+        module, id="v", family="vit", dataset="digits", architecture=architecture
+    )
+    groups = unit_groups(checkpoint)
+    blocks = sum(op["op"] == "residual" for op in architecture["ops"]) // 2
+    assert sum(isinstance(g, HeadGroup) for g in groups) == blocks and len(groups) == 2 * blocks
+    permuted = random_permutation(checkpoint, np.random.default_rng(seed))
+    moved = {
+        layer.name
+        for layer, old in zip(permuted, checkpoint.layers, strict=True)
+        if not np.array_equal(layer.weight, old.weight)
+    }
+    # q, k, v, out and the MLP's two layers move; the patch projection, positions and norms stay.
+    assert {name.rsplit(".", 1)[-1] for name in moved if ".body.1." in name} >= {"q", "k", "v", "out"}
+    assert not any(name.startswith(("features.0", "features.1")) for name in moved)
+    x = torch.randn(4, 1, 16, 16)
+    rebuilt = families.module_from_checkpoint(
+        Checkpoint("v", "vit", "digits", permuted, {}, checkpoint.hyperparameters)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), module(x), atol=1e-5, rtol=1e-5)
