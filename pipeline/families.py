@@ -120,6 +120,51 @@ class SelfAttention(nn.Module):
         return self.out(mixed.transpose(1, 2).reshape(b, n, d))
 
 
+_WILD_PARK_ACTIVATIONS = {
+    "relu": torch.relu,
+    "gelu": nn.functional.gelu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "leaky_relu": nn.functional.leaky_relu,
+    "none": lambda x: x,
+}
+
+
+class WildParkCNN(nn.Module):
+    """A CNN Wild Park network (Kofinas et al. 2024) from its ``config``: convs ``layers.<i>`` with a
+    per-layer activation, where ``residual[i] >= 0`` adds the activated output of layer ``residual[i]`` to
+    layer i's pre-activation on the channels they share; global average pooling; ``fc``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        channels = [int(c) for c in config["channels"]]
+        self.residual = [int(r) for r in config["residual"]]
+        self.activation = [str(a) for a in config["activation"]]
+        unknown = sorted(set(self.activation) - set(_WILD_PARK_ACTIVATIONS))
+        if unknown:
+            raise ValueError(f"unknown Wild Park activation(s) {unknown}")
+        self.layers = nn.ModuleList(
+            nn.Conv2d(channels[i], channels[i + 1], int(k), int(s), int(p))
+            for i, (k, s, p) in enumerate(
+                zip(config["kernel_size"], config["stride"], config["padding"], strict=True)
+            )
+        )
+        self.fc = nn.Linear(channels[-1], int(config["n_classes"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            source = self.residual[i]
+            if source >= 0:
+                shared = min(kept[source].shape[1], x.shape[1])
+                x = torch.cat((x[:, :shared] + kept[source][:, :shared], x[:, shared:]), dim=1)
+            x = _WILD_PARK_ACTIVATIONS[self.activation[i]](x)
+            if i in self.residual:
+                kept[i] = x
+        return self.fc(x.mean(dim=(2, 3)))
+
+
 class TokenMean(nn.Module):
     """(B, tokens, dim) → (B, dim): the mean over tokens."""
 
@@ -446,6 +491,8 @@ def _module_for_op(spec: dict[str, Any]) -> nn.Module:
         return nn.LayerNorm(spec["dim"])
     if op == "token_mean":
         return TokenMean()
+    if op == "wildpark_cnn":
+        return WildParkCNN(spec["config"])
     if op == "batchnorm2d":
         return nn.BatchNorm2d(spec["channels"])
     if op == "batchnorm1d":

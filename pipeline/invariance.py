@@ -81,6 +81,9 @@ def _walk(ops: list[dict[str, Any]], next_index, groups: list[Group]) -> None:
         elif op in ("patchify", "position"):  # tokens feed the residual stream, tied to its skips
             next_index()
             pending = None
+        elif op == "wildpark_cnn":
+            _wild_park_groups(spec["config"], next_index, groups)
+            pending = None
         elif op == "residual":
             # The block's input and output are tied to the skip: only units inside each branch move.
             pending = None
@@ -88,6 +91,17 @@ def _walk(ops: list[dict[str, Any]], next_index, groups: list[Group]) -> None:
             _walk(spec.get("shortcut", []), next_index, groups)
         elif op not in _CHANNELWISE_OPS:
             pending = None  # an op this module does not know: nothing moves across it
+
+
+def _wild_park_groups(config: dict[str, Any], next_index, groups: list[Group]) -> None:
+    """A Wild Park CNN's layers, then its fc: layer i's channels move with layer i+1's inputs unless a
+    residual link reads or writes them (channels shared with another layer stay in place)."""
+    residual = [int(r) for r in config["residual"]]
+    tied = {i for i, r in enumerate(residual) if r >= 0} | {r for r in residual if r >= 0}
+    indices = [next_index() for _ in range(len(residual) + 1)]  # the convs, then fc
+    for i in range(len(residual)):
+        if i not in tied:
+            groups.append(UnitGroup(indices[i], (), indices[i + 1]))
 
 
 @functools.lru_cache(maxsize=256)

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline import storage
 from pipeline.zoo.checkpoint import Checkpoint, Rejection
 
-FORMATS = ("native", "smallcnnzoo", "modelzoos", "safetensors")
+FORMATS = ("native", "smallcnnzoo", "modelzoos", "safetensors", "wildpark")
 # The module of each format, where its name differs (a module named safetensors would shadow the package).
 FORMAT_MODULES = {"safetensors": "tensorfolder"}
 STEPS = ("final", "all")
@@ -31,6 +31,7 @@ NATIVE_MARKER = "zoo.json"
 SMALLCNNZOO_FILES = ("weights.npy", "metrics.csv.gz", "layout.csv")
 MODELZOOS_TRIAL_FILES = ("params.json", "result.json")
 SAFETENSORS_TABLE = "properties.csv"
+WILDPARK_FILE = "checkpoint.pt"  # <run>/<checkpoint>/checkpoint.pt
 # How many subfolders detection looks into: enough to see past a stray folder, cheap on S3.
 DETECT_SUBFOLDERS = 8
 
@@ -76,7 +77,8 @@ def _format_of_folder(children: dict[str, str]) -> str | None:
 
 
 def detect_format(uri: str) -> str:
-    """The zoo's format ("native", "smallcnnzoo", "modelzoos" or "safetensors") from the files present.
+    """The zoo's format ("native", "smallcnnzoo", "modelzoos", "safetensors" or "wildpark") from the files
+    present.
 
     Looks at the zoo folder and at most DETECT_SUBFOLDERS of its subfolders; ZooError says what was found.
     """
@@ -96,6 +98,10 @@ def detect_format(uri: str) -> str:
         grandchildren = _children(fs, posixpath.join(path, name))
         if _format_of_folder(grandchildren) == "smallcnnzoo":
             return "smallcnnzoo"  # a parent folder of dataset folders
+        # Both are Ray Tune trial folders (params.json, checkpoint_<N>/); the checkpoint file tells them apart.
+        inner = sorted(g for g, kind in grandchildren.items() if kind == "directory")
+        if inner and _children(fs, posixpath.join(path, name, inner[-1])).get(WILDPARK_FILE) == "file":
+            return "wildpark"
         if any(grandchildren.get(f) == "file" for f in MODELZOOS_TRIAL_FILES) or any(
             g.startswith("checkpoint_") and kind == "directory" for g, kind in grandchildren.items()
         ):
@@ -105,14 +111,16 @@ def detect_format(uri: str) -> str:
         f"cannot detect the format of the zoo at {uri}: found [{shown}]; expected {NATIVE_MARKER} (native), "
         f"{' + '.join(SMALLCNNZOO_FILES)} (smallcnnzoo, here or in dataset subfolders), "
         f"trial folders holding params.json / result.json / checkpoint_<N>/ (modelzoos), "
-        f"or {SAFETENSORS_TABLE} beside *.safetensors files (safetensors)"
+        f"{SAFETENSORS_TABLE} beside *.safetensors files (safetensors), "
+        f"or <run>/<checkpoint>/{WILDPARK_FILE} (wildpark)"
     )
 
 
 def open_zoo(uri: str, format: str = "auto", *, steps: str = "final", epoch: int | None = None) -> ZooListing:
     """List a zoo into parts without reading any weights.
 
-    ``steps`` applies to smallcnnzoo ("final": step 86 only, "all": every row); ``epoch`` to modelzoos
+    ``steps`` applies to smallcnnzoo ("final": step 86 only, "all": every row) and wildpark ("final": each
+    run's last checkpoint, "all": every one); ``epoch`` to modelzoos
     (None: each trial's last checkpoint). Raises ZooError for whole-zoo problems.
     """
     if steps not in STEPS:
@@ -121,7 +129,7 @@ def open_zoo(uri: str, format: str = "auto", *, steps: str = "final", epoch: int
         raise ZooError(f"epoch must be a non-negative integer or None, got {epoch!r}")
     fmt = detect_format(uri) if format == "auto" else format
     module = _format_module(fmt)
-    if fmt == "smallcnnzoo":
+    if fmt in ("smallcnnzoo", "wildpark"):
         listing = module.list_zoo(uri, steps=steps)
     elif fmt == "modelzoos":
         listing = module.list_zoo(uri, epoch=epoch)
