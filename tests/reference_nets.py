@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline import storage
@@ -60,3 +62,63 @@ def write_trial(root: str, name: str, state: dict, params: dict) -> None:
     storage.write_bytes_atomic(storage.join(trial, "params.json"), json.dumps(params).encode())
     line = {"training_iteration": 3, "train_acc": 0.61, "test_acc": 0.55, "train_loss": 1.1, "test_loss": 1.3}
     storage.write_bytes_atomic(storage.join(trial, "result.json"), (json.dumps(line) + "\n").encode())
+
+
+class WildParkReference(nn.Module):
+    """The Wild Park CNN as its sampler defines it, written here independently of pipeline.families."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        c = cfg["channels"]
+        self.cfg = cfg
+        self.layers = nn.ModuleList(
+            nn.Conv2d(c[i], c[i + 1], cfg["kernel_size"][i], cfg["stride"][i], cfg["padding"][i])
+            for i in range(cfg["n_layers"])
+        )
+        self.fc = nn.Linear(c[-1], cfg["n_classes"])
+
+    def forward(self, x):
+        acts = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu}
+        saved = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            r = self.cfg["residual"][i]
+            if r > -1:
+                ch = min(self.cfg["channels"][r + 1], self.cfg["channels"][i + 1])
+                x = x.clone()
+                x[:, :ch] += saved[r][:, :ch]
+            x = acts[self.cfg["activation"][i]](x)
+            if i in self.cfg["residual"]:
+                saved[i] = x
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def write_wild_park(
+    root: str,
+    name: str,
+    net: nn.Module,
+    config: dict,
+    iteration: int,
+    accuracy: float,
+    extra: dict | None = None,
+) -> None:
+    """``<root>/<name>/checkpoint.pt`` as the Wild Park trainer saves it: the state dict, the optimizer, an
+    OmegaConf config and Ray Tune's trainable state (numpy scalars in its last result)."""
+    from omegaconf import OmegaConf
+
+    optimizer = torch.optim.Adam(net.parameters())
+    state = {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "config": OmegaConf.create(config),
+        "iteration": iteration,
+        "timesteps_total": None,
+        "time_total": 12.5,
+        "episodes_total": None,
+        "last_result": {"test/acc": np.float64(accuracy), "test/loss": np.float64(1.7)},
+        "ray_version": "2.7.0",
+        **(extra or {}),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes_atomic(storage.join(root, name, "checkpoint.pt"), buffer.getvalue())

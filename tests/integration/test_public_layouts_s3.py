@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from reference_nets import TorchvisionResNet18, write_trial
+from reference_nets import TorchvisionResNet18, WildParkReference, write_trial, write_wild_park
 
 from pipeline import families
 from pipeline.config import debug, from_dict
@@ -42,9 +42,22 @@ def _resnets(count: int) -> list[Checkpoint]:
     return out
 
 
-def test_residual_networks_in_a_safetensors_folder_and_a_resnet18_trial(tiny_zoo, tmp_path):
-    # A folder of safetensors files with batch norms and skips, and a Model Zoos ResNet-18 trial (11 M
-    # parameters, torchvision names, batch-norm buffers), both on the S3 server.
+WILD_PARK_CONFIG = {
+    "n_layers": 3,
+    "n_classes": 10,
+    "channels": [3, 8, 16, 8],
+    "kernel_size": [3, 5, 3],
+    "stride": [1, 1, 1],
+    "padding": [1, 2, 1],
+    "residual": [-1, -1, 0],
+    "activation": ["relu", "gelu", "sigmoid"],
+}
+
+
+def test_residual_networks_in_a_safetensors_folder_a_resnet18_trial_and_wild_park_runs(tiny_zoo, tmp_path):
+    # A folder of safetensors files with batch norms and skips, a Model Zoos ResNet-18 trial (11 M
+    # parameters, torchvision names, batch-norm buffers) and CNN Wild Park runs (an OmegaConf config and
+    # Ray's state in each pickle), all on the S3 server.
     folder = f"{tiny_zoo}/public/safetensors"
     write_zoo(folder, _resnets(4))
     trials = f"{tiny_zoo}/public/resnet18"
@@ -55,12 +68,30 @@ def test_residual_networks_in_a_safetensors_folder_and_a_resnet18_trial(tiny_zoo
     params = {"model::type": "Resnet18", "model::o_dim": 10, "model::channels_in": 3, "model::nlin": "relu"}
     write_trial(trials, "resnet18_trial_0", reference.eval().state_dict(), params)
 
-    for uri, count in ((folder, 4), (trials, 1)):
+    park = f"{tiny_zoo}/public/wildpark"
+    for run in range(3):
+        torch.manual_seed(run)
+        write_wild_park(
+            park,
+            f"run{run}/checkpoint_000005",
+            WildParkReference(WILD_PARK_CONFIG),
+            WILD_PARK_CONFIG,
+            5,
+            0.3 + run / 10,
+        )
+
+    kinds_of = {
+        folder: {"conv2d", "norm", "norm_stats", "linear"},
+        trials: {"conv2d", "norm", "norm_stats", "linear"},
+        park: {"conv2d", "linear"},
+    }
+    zoos = ((folder, 4), (trials, 1), (park, 3))
+    for uri, count in zoos:
         summary = prepare_chunk_records(uri, 16, cache_root=f"{tiny_zoo}/public/cache")
         # Every network read, none rejected, every one probed: its architecture is known from the layout.
         assert (summary.records, summary.rejected, summary.probed) == (count, 0, count), uri
         kinds = {k for row in load_chunk_dataset(summary.output).take_all() for k in row["layer_kind"]}
-        assert {"conv2d", "norm", "norm_stats", "linear"} == kinds
+        assert kinds == kinds_of[uri], uri
 
     (resnet18,) = list(read_zoo(trials))
     assert resnet18.num_params == 11_173_962 and resnet18.family == "resnet18"
@@ -78,7 +109,7 @@ def test_residual_networks_in_a_safetensors_folder_and_a_resnet18_trial(tiny_zoo
         dataclasses.replace(debug(), invariance_weight=0.1),
     )
     final = run_training(config, log=lambda _: None)
-    for uri, count in ((folder, 4), (trials, 1)):
+    for uri, count in zoos:
         result = predict_zoo(final["run_id"], uri, tracking_uri=final["tracking_uri"])
         assert len(result["rows"]) == count and result["unprobed"] == 0 and not result["rejected"]
         assert all(np.isfinite(r["prediction"]) for r in result["rows"])

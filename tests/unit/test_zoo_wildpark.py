@@ -4,15 +4,12 @@ a torch pickle), are read without unpickling anything but tensors and data, and 
 from __future__ import annotations
 
 import datetime
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from omegaconf import OmegaConf
-from torch import nn
+from reference_nets import WildParkReference, write_wild_park
 
 from pipeline import families
 from pipeline.invariance import random_permutation, unit_groups
@@ -33,61 +30,14 @@ CONFIG = {
 }
 
 
-class _Reference(nn.Module):
-    """The Wild Park CNN as its sampler defines it, written here independently of pipeline.families."""
-
-    def __init__(self, cfg: dict) -> None:
-        super().__init__()
-        c = cfg["channels"]
-        self.cfg = cfg
-        self.layers = nn.ModuleList(
-            nn.Conv2d(c[i], c[i + 1], cfg["kernel_size"][i], cfg["stride"][i], cfg["padding"][i])
-            for i in range(cfg["n_layers"])
-        )
-        self.fc = nn.Linear(c[-1], cfg["n_classes"])
-
-    def forward(self, x):
-        acts = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "leaky_relu": F.leaky_relu}
-        saved = {}
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            r = self.cfg["residual"][i]
-            if r > -1:
-                ch = min(self.cfg["channels"][r + 1], self.cfg["channels"][i + 1])
-                x = x.clone()
-                x[:, :ch] += saved[r][:, :ch]
-            x = acts[self.cfg["activation"][i]](x)
-            if i in self.cfg["residual"]:
-                saved[i] = x
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-def _write(path, net: nn.Module, iteration: int, accuracy: float, extra: dict | None = None) -> None:
-    optimizer = torch.optim.Adam(net.parameters())
-    state = {
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": OmegaConf.create(CONFIG),
-        "iteration": iteration,
-        "timesteps_total": None,
-        "time_total": 12.5,
-        "episodes_total": None,
-        "last_result": {"test/acc": np.float64(accuracy), "test/loss": np.float64(1.7)},
-        "ray_version": "2.7.0",
-        **(extra or {}),
-    }
-    path.mkdir(parents=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    (path / "checkpoint.pt").write_bytes(buffer.getvalue())
-
-
 def test_wild_park_runs_are_read_rebuilt_probed_and_permuted(tmp_path):
     torch.manual_seed(0)
-    nets = [_Reference(CONFIG).eval() for _ in range(2)]
+    nets = [WildParkReference(CONFIG).eval() for _ in range(2)]
     for run, net in enumerate(nets):
         for step in (9, 10):  # natural order: checkpoint_10 is the run's last
-            _write(tmp_path / f"run{run}" / f"checkpoint_{step}", net, step, 0.3 + 0.1 * run + step / 100)
+            write_wild_park(
+                str(tmp_path), f"run{run}/checkpoint_{step}", net, CONFIG, step, 0.3 + 0.1 * run + step / 100
+            )
     assert detect_format(str(tmp_path)) == "wildpark"
     assert open_zoo(str(tmp_path), steps="all").num_listed == 4
 
@@ -128,10 +78,12 @@ def test_wild_park_runs_are_read_rebuilt_probed_and_permuted(tmp_path):
 
 def test_a_checkpoint_that_asks_for_other_objects_is_refused_unread(tmp_path):
     torch.manual_seed(1)
-    net = _Reference(CONFIG).eval()
-    _write(tmp_path / "good" / "checkpoint_1", net, 1, 0.4)
-    _write(tmp_path / "odd" / "checkpoint_1", net, 1, 0.4, {"started": datetime.datetime(2024, 1, 1)})
-    _write(tmp_path / "blind" / "checkpoint_1", net, 1, float("nan"))
+    net = WildParkReference(CONFIG).eval()
+    write_wild_park(str(tmp_path), "good/checkpoint_1", net, CONFIG, 1, 0.4)
+    write_wild_park(
+        str(tmp_path), "odd/checkpoint_1", net, CONFIG, 1, 0.4, {"started": datetime.datetime(2024, 1, 1)}
+    )
+    write_wild_park(str(tmp_path), "blind/checkpoint_1", net, CONFIG, 1, float("nan"))
     items = {item.id: item for item in read_zoo(str(tmp_path))}
     assert isinstance(items["good/checkpoint_1"], Checkpoint)
     odd = items["odd/checkpoint_1"]
