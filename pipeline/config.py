@@ -93,6 +93,10 @@ class TrainConfig:
     # 1e-3) -> 0.776 (16) -> 0.783 (16, 2e-3); 30 epochs 0.785 -> 0.793; the demo 0.635 -> 0.700 -> 0.740
     # (docs/results.md). 1e-3 had beaten 3e-4 in six of six paired runs before.
     batch_size: int = 16
+    # Batches by weight chunks instead of by networks: a step holds networks until their chunks would pass
+    # the budget (at most batch_size of them), so one step fits one 25 M-parameter network or many small
+    # ones at a memory set by the budget. 0: batch_size networks a step.
+    chunk_budget: int = 0
     lr: float = 2e-3
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"  # linear warm-up over the first 5% of steps, then cosine decay; or "constant"
@@ -136,6 +140,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.chunk_budget < 0:
+            raise ValueError(
+                f"chunk_budget must be >= 0 (0: batches of batch_size networks), got {self.chunk_budget}"
+            )
         if self.num_workers < 0 or self.cpus_per_worker <= 0:
             raise ValueError("num_workers must be >= 0 and cpus_per_worker > 0")
         if self.blocks not in BLOCKS:
@@ -156,8 +164,8 @@ class TrainConfig:
 # One line of --help per field; a unit test keeps it complete. Defaults are appended from the preset.
 FIELD_HELP = {
     "preset": "starting point for the config: demo (the extended model, laptop-sized), extended (weights, layer summaries, probes, dataset vectors), weights (weights and layer summaries), paper (the published SNE: weights only), debug (tiny)",
-    "zoo": "zoo to learn from: a local folder or s3:// URI in any of the three zoo formats",
-    "format": "zoo format: auto (detect), native, smallcnnzoo or modelzoos",
+    "zoo": "zoo to learn from: a local folder or s3:// URI in any of the zoo formats (docs/zoo-formats.md)",
+    "format": "zoo format: auto (detect), native, smallcnnzoo, modelzoos, safetensors or wildpark",
     "steps": "smallcnnzoo only: 'final' (each network's last step) or 'all' (every stored step)",
     "zoo_epoch": "modelzoos only: which epoch's checkpoint to read (default: each trial's last)",
     "property": "target to predict, e.g. test_accuracy, generalization_gap, frequency (inr zoo)",
@@ -193,7 +201,8 @@ FIELD_HELP = {
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",
-    "batch_size": "networks per step on each worker (DDP averages the workers' gradients)",
+    "batch_size": "networks per step on each worker (DDP averages the workers' gradients); with --chunk-budget, the most networks a step takes",
+    "chunk_budget": "weight and bias chunks per step on each worker: networks join a step until their chunks would pass it, one larger network trains alone; 0 batches by --batch-size",
     "lr": "Adam learning rate (the peak of the cosine schedule)",
     "weight_decay": "Adam weight decay",
     "lr_schedule": f"learning-rate schedule: {', '.join(LR_SCHEDULES)} (cosine: 5% warm-up, then cosine decay)",

@@ -365,21 +365,25 @@ def _basic_block(
     return [{"op": "residual", "body": body, "shortcut": shortcut}, {"op": activation}]
 
 
-def resnet18_architecture(classes: int = 10, channels: int = 3, size: int = 32) -> dict[str, Any]:
+def resnet18_architecture(
+    classes: int = 10, channels: int = 3, size: int = 32, width: int = 64
+) -> dict[str, Any]:
     """ResNet-18 as the Model Zoos ResNet-18 zoos train it: torchvision's layers with a 3×3 stride-1 stem
     and no max pooling (for 32×32 and 64×64 images), four stages of two basic blocks (64, 128, 256, 512
-    channels), global average pooling, a linear layer to ``classes``; about 11.2 M parameters."""
+    channels), global average pooling, a linear layer to ``classes``; about 11.2 M parameters. ``width``
+    scales the channels (96: about 25 M parameters)."""
     ops: list[dict[str, Any]] = [
-        _conv("conv2d", channels, 64, 3, padding=1, bias=False),
-        {"op": "batchnorm2d", "channels": 64},
+        _conv("conv2d", channels, width, 3, padding=1, bias=False),
+        {"op": "batchnorm2d", "channels": width},
         {"op": "relu"},
     ]
-    width = 64
-    for stage, out in enumerate((64, 128, 256, 512)):
+    current = width
+    for stage in range(4):
+        out = width * 2**stage
         for block in range(2):
-            ops += _basic_block(width, out, 2 if stage > 0 and block == 0 else 1, "relu")
-            width = out
-    ops += [{"op": "gap"}, {"op": "linear", "in": 512, "out": classes}]
+            ops += _basic_block(current, out, 2 if stage > 0 and block == 0 else 1, "relu")
+            current = out
+    ops += [{"op": "gap"}, {"op": "linear", "in": current, "out": classes}]
     return {"family": "resnet18", "input_shape": [channels, size, size], "ops": ops}
 
 

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,11 +107,14 @@ def train_step(
     config: TrainConfig,
     scaler: TargetScaler,
     rng: np.random.Generator,
+    loss_weight: float = 1.0,
 ) -> dict[str, float]:
     """One optimisation step: task loss + λ · logit-invariance loss on a permuted copy of the batch.
 
     The original and the permuted checkpoints go through the encoder in one forward pass, so DDP
-    sees a single forward per backward.
+    sees a single forward per backward. ``loss_weight`` 0 makes a step that adds nothing to the averaged
+    gradient: a worker whose shard ran out takes such steps while the others finish theirs (DDP needs
+    every worker in every step), and applies the same averaged update, so the workers stay identical.
     """
     b = len(records)
     lam = config.invariance_weight
@@ -125,7 +128,7 @@ def train_step(
     raw = encoder(batch)
     loss_task = task_loss(raw[:b], batch["target"][:b], config.loss, scaler)
     loss_inv = logit_invariance_loss(raw[copied], raw[b:]) if copied else torch.zeros(())
-    loss = loss_task + lam * loss_inv
+    loss = loss_weight * (loss_task + lam * loss_inv)
     if not torch.isfinite(loss):
         # Stop here: one non-finite step would silently turn every weight into NaN.
         raise FloatingPointError(
@@ -142,7 +145,41 @@ def train_step(
         "task_loss": loss_task.item(),
         "invariance_loss": loss_inv.item(),
         "without_permutation": float(len(copies) - len(copied)),
+        "networks": float(b),
     }
+
+
+def record_chunks(record: dict) -> int:
+    """Weight and bias chunks a chunk record feeds the encoder."""
+    size = int(record["chunk_size"])
+    return sum(len(m) for m in (*record["weight_mask"], *record["bias_mask"])) // size
+
+
+def budget_batches(records: Iterable[dict], budget: int, max_networks: int) -> Iterator[list[dict]]:
+    """Consecutive records grouped into batches of at most ``budget`` chunks and ``max_networks`` networks;
+    a network of more chunks than the budget forms a batch of its own (the encoder micro-batches its
+    chunks, so it still fits). Every record lands in exactly one batch, in order."""
+    batch: list[dict] = []
+    used = 0
+    for record in records:
+        chunks = record_chunks(record)
+        if batch and (used + chunks > budget or len(batch) >= max_networks):
+            yield batch
+            batch, used = [], 0
+        batch.append(record)
+        used += chunks
+    if batch:
+        yield batch
+
+
+def epoch_batches(raw_batches: Iterable, config: TrainConfig) -> Iterator[list[dict]]:
+    """An epoch's training batches as record lists: Ray Data's batches as they come, or regrouped by
+    ``config.chunk_budget``."""
+    batches = (records_from_batch(raw) for raw in raw_batches)
+    if config.chunk_budget <= 0:
+        return batches
+    records = (record for batch in batches for record in batch)
+    return budget_batches(records, config.chunk_budget, config.batch_size)
 
 
 # Training records kept each epoch to re-estimate the embedding norm's statistics before evaluation, capped
@@ -235,14 +272,24 @@ def train_in_process(
     schedule, a fresh order each epoch, train_step); yields each epoch's task-loss values once the embedding
     norm is recalibrated, so the caller evaluates between epochs. For lab scripts and benchmarks."""
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    total = config.epochs * math.ceil(len(records) / config.batch_size)
+    schedule = {"total_steps": config.epochs * math.ceil(len(records) / config.batch_size)}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, config.lr_schedule)
+        optimizer, lambda step: lr_factor(step, schedule["total_steps"], config.lr_schedule)
     )
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         order, calibration, losses = rng.permutation(len(records)), [], []
-        for s in range(0, len(order), config.batch_size):
-            batch = [records[i] for i in order[s : s + config.batch_size]]
+        if config.chunk_budget > 0:
+            batches = list(
+                budget_batches((records[i] for i in order), config.chunk_budget, config.batch_size)
+            )
+            if epoch == 0:
+                schedule["total_steps"] = config.epochs * len(batches)
+        else:
+            batches = [
+                [records[i] for i in order[s : s + config.batch_size]]
+                for s in range(0, len(order), config.batch_size)
+            ]
+        for batch in batches:
             losses.append(train_step(encoder, optimizer, batch, config, scaler, rng))
             scheduler.step()
             keep_for_calibration(calibration, batch)
@@ -256,6 +303,15 @@ def _sum_over_workers(value: float) -> float:
         return value
     total = torch.tensor([value], dtype=torch.float64)
     torch.distributed.all_reduce(total)
+    return float(total.item())
+
+
+def _max_over_workers(value: float) -> float:
+    """The largest ``value`` over the Ray Train workers; itself on one worker."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    total = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX)
     return float(total.item())
 
 
@@ -293,11 +349,12 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     encoder = build_encoder(config, tuple(loop_config.get("datasets", ())))
     encoder.set_input_scaling(loop_config.get("input_scaling", {}))
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    # Every worker takes the same number of steps per epoch (DDP), set by the largest shard.
+    # Every worker takes the same number of steps per epoch (DDP), set by the largest shard. With a chunk
+    # budget the count is known after the first epoch; until then it is estimated by networks.
     shard = math.ceil(loop_config["train_records"] / max(1, ctx.get_world_size()))
-    total_steps = config.epochs * math.ceil(shard / config.batch_size)
+    schedule = {"total_steps": config.epochs * math.ceil(shard / config.batch_size)}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, config.lr_schedule)
+        optimizer, lambda step: lr_factor(step, schedule["total_steps"], config.lr_schedule)
     )
 
     start_epoch, best_tau, best_epoch, best_state = 0, -float("inf"), -1, None
@@ -310,6 +367,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_tau, best_epoch = state["epoch"] + 1, state["best_val_tau"], state["best_epoch"]
         best_state = state["best_encoder"]
+        schedule["total_steps"] = state.get("schedule_total_steps", schedule["total_steps"])
     encoder = ray.train.torch.prepare_model(encoder)
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -326,11 +384,31 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank,
         )
         calibration: list[list[dict]] = []
-        for raw_batch in batches:
-            records = records_from_batch(raw_batch)
-            losses.append(train_step(encoder, optimizer, records, config, scaler, rng))
+        steps, largest_shared, largest_network = 0, 0, 0
+        stream, last = epoch_batches(batches, config), None
+        lockstep = config.chunk_budget > 0 and ctx.get_world_size() > 1
+        while True:
+            records = next(stream, None)
+            if lockstep and _max_over_workers(float(records is not None)) == 0.0:
+                break  # every shard is done
+            if records is None and not lockstep:
+                break
+            if records is None:  # this shard is done, others are not: a step that adds nothing
+                train_step(encoder, optimizer, last, config, scaler, rng, loss_weight=0.0)
+            else:
+                losses.append(train_step(encoder, optimizer, records, config, scaler, rng))
+                chunks = [record_chunks(r) for r in records]
+                largest_network = max(largest_network, *chunks)
+                if len(chunks) > 1:
+                    largest_shared = max(largest_shared, sum(chunks))
+                keep_for_calibration(calibration, records)
+                last = records
             scheduler.step()
-            keep_for_calibration(calibration, records)
+            steps += 1
+        if epoch == start_epoch and config.chunk_budget > 0:
+            schedule["total_steps"] = max(
+                1, (config.epochs - start_epoch) * steps + scheduler.last_epoch - steps
+            )
         recalibrate_embedding_norm(encoder, calibration, config)
         val = predict_records(
             encoder, val_shard.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
@@ -348,6 +426,11 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             "train_invariance_loss": float(np.mean([m["invariance_loss"] for m in losses]))
             if losses
             else float("nan"),
+            # Networks trained this epoch, the largest step of several networks and the largest network,
+            # in chunks, over all workers: with a chunk budget the first stays within it.
+            "train_networks": _sum_over_workers(sum(m["networks"] for m in losses)),
+            "train_largest_shared_step_chunks": _max_over_workers(float(largest_shared)),
+            "train_largest_network_chunks": _max_over_workers(float(largest_network)),
             # Networks of this epoch that took the task loss alone (no known permutation), all workers.
             "train_networks_without_invariance": _sum_over_workers(
                 sum(m["without_permutation"] for m in losses)
@@ -369,6 +452,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
                         "best_val_tau": best_tau,
                         "best_epoch": best_epoch,
                         "best_encoder": best_state,
+                        "schedule_total_steps": schedule["total_steps"],
                     },
                     os.path.join(d, CHECKPOINT_FILE),
                 )

@@ -271,3 +271,72 @@ def test_paper_preset_trains_on_weights_alone_and_is_recorded(tiny_zoo, tmp_path
     finally:
         mlflow.set_tracking_uri(None)
     assert len(table) == 48 and table["prediction"].notna().all()
+
+
+def _big_resnet(dataset: str = "shapes"):
+    """A 25 M-parameter ResNet-18 (width 96) as initialised, its accuracies measured on the dataset."""
+    from pipeline import families
+    from pipeline.datasets import IMAGE_SIZE, load
+    from pipeline.generate import _evaluate
+
+    torch.manual_seed(0)
+    architecture = families.resnet18_architecture(10, 1, IMAGE_SIZE, width=96)
+    module = families.build_module(architecture).eval()
+    data = load(dataset, IMAGE_SIZE)
+    test_accuracy, test_loss = _evaluate(
+        module, torch.tensor(data.x_test[:200]), torch.tensor(data.y_test[:200])
+    )
+    train_accuracy, train_loss = _evaluate(
+        module, torch.tensor(data.x_train[:200]), torch.tensor(data.y_train[:200])
+    )
+    return families.checkpoint_from_module(
+        module,
+        id="resnet18-w96",
+        family="resnet18",
+        dataset=dataset,
+        architecture=architecture,
+        properties={"test_accuracy": test_accuracy, "train_accuracy": train_accuracy},
+    )
+
+
+def test_chunk_budget_steps_mix_a_25m_parameter_network_with_small_ones(tiny_zoo, tmp_path):
+    """Batches by chunks: one step holds the 25 M-parameter network alone or many small ones, every network
+    is trained once per epoch on two DDP workers whose shards make different numbers of steps."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.zoo import Checkpoint, native, read_zoo
+
+    small = [c for c in read_zoo(f"{tiny_zoo}/zoo") if isinstance(c, Checkpoint)]
+    big = _big_resnet()
+    assert big.num_params > 25_000_000 and max(c.num_params for c in small) < 30_000
+    native.write_zoo(f"{tiny_zoo}/mixed", [*small, big], shard_size=16)
+    # A split seed that puts the big network among the training networks.
+    from pipeline.splits import assign_splits
+
+    everyone = [*small, big]
+    ids, fams, sets = ([getattr(c, k) for c in everyone] for k in ("id", "family", "dataset"))
+    seed = next(s for s in range(50) if assign_splits(ids, fams, sets, seed=s)[big.id] == "train")
+    budget = 4000
+    config = from_dict(
+        {
+            "zoo": f"{tiny_zoo}/mixed",
+            "storage": f"{tiny_zoo}/runs",
+            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "epochs": 2,
+            "statnn": False,
+            "chunk_budget": budget,
+            "batch_size": 16,
+            "split_seed": seed,
+        },
+        debug(),  # compact blocks: the paper's attention over all of a layer's chunks is quadratic in them
+    )
+    final = run_training(config, log=lambda _: None)
+    assert math.isfinite(final["test_kendall_tau"])
+    client = MlflowClient(final["tracking_uri"])
+
+    def history(name: str) -> list[float]:
+        return [m.value for m in client.get_metric_history(final["run_id"], name)]
+
+    assert history("train_networks") == [final["split"]["train"]] * 2  # each network once per epoch
+    assert all(0 < v <= budget for v in history("train_largest_shared_step_chunks"))
+    assert all(v > 10 * budget for v in history("train_largest_network_chunks"))  # the big one, alone

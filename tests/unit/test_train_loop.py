@@ -106,3 +106,28 @@ def test_context_dropout_hides_a_share_of_networks_and_their_permuted_copies_ali
     assert torch.equal(peer, shown * present)  # one draw hides both: as a network of an unknown dataset
     assert 0.18 < 1.0 - shown[:b].mean().item() < 0.32  # about a quarter hidden
     assert set(shown.tolist()) == {0.0, 1.0}
+
+
+def test_chunk_budget_batches_see_every_network_once_and_stay_within_the_budget():
+    from pipeline.train import budget_batches, record_chunks
+
+    rng = np.random.default_rng(0)
+
+    def record(i: int, chunks: int) -> dict:  # only what the batching reads: masks per layer
+        return {
+            "id": str(i),
+            "chunk_size": 4,
+            "weight_mask": [np.ones(4 * chunks, bool)],
+            "bias_mask": [np.ones(4, bool)],
+        }
+
+    sizes = [int(s) for s in rng.choice([3, 10, 40, 400], size=200)]  # 400 + 1 chunks: above the budget
+    records = [record(i, s) for i, s in enumerate(sizes)]
+    batches = list(budget_batches(iter(records), budget=100, max_networks=8))
+    assert [r["id"] for batch in batches for r in batch] == [r["id"] for r in records]  # each once, in order
+    for batch in batches:
+        total = sum(record_chunks(r) for r in batch)
+        assert len(batch) <= 8
+        assert total <= 100 or len(batch) == 1  # a network above the budget trains alone
+    assert any(len(batch) == 1 and record_chunks(batch[0]) > 100 for batch in batches)
+    assert max(len(batch) for batch in batches) == 8  # small networks fill a step up to the network cap
