@@ -95,7 +95,8 @@ class TrainConfig:
     batch_size: int = 16
     # Batches by weight chunks instead of by networks: a step holds networks until their chunks would pass
     # the budget (at most batch_size of them), so one step fits one 25 M-parameter network or many small
-    # ones at a memory set by the budget. 0: batch_size networks a step.
+    # ones at a memory set by the budget; the workers also return freed memory to the system
+    # (pipeline.runtime.bound_allocator_memory). 0: batch_size networks a step.
     chunk_budget: int = 0
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -202,7 +203,7 @@ FIELD_HELP = {
     "invariance_weight": "lambda of the logit-invariance loss on permuted copies; 0 disables it",
     "epochs": "training epochs; the best-validation-tau epoch is kept",
     "batch_size": "networks per step on each worker (DDP averages the workers' gradients); with --chunk-budget, the most networks a step takes",
-    "chunk_budget": "weight and bias chunks per step on each worker: networks join a step until their chunks would pass it, one larger network trains alone; 0 batches by --batch-size",
+    "chunk_budget": "weight and bias chunks per step on each worker: networks join a step until their chunks would pass it, one larger network trains alone, and each step's memory stays bounded (at 1.5-2x its time); 0 batches by --batch-size",
     "lr": "Adam learning rate (the peak of the cosine schedule)",
     "weight_decay": "Adam weight decay",
     "lr_schedule": f"learning-rate schedule: {', '.join(LR_SCHEDULES)} (cosine: 5% warm-up, then cosine decay)",

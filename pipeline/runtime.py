@@ -171,3 +171,32 @@ def ensure_demo_zoo(zoo: str) -> None:
 
         print(f"demo zoo: {zoo} (built on first use: a few minutes, once)")
         make_zoo(zoo, preset="demo", seed=0)
+
+
+# Allocations of at least this many bytes get pages of their own, returned to the system when freed.
+MMAP_THRESHOLD = 4 * 2**20
+
+
+def bound_allocator_memory(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold so that large tensors freed during a training step go back to the system.
+
+    glibc raises the threshold each time a large mmapped block is freed, so after the first micro-batches
+    every later block of the chunk encoder comes from the heap, which keeps what it once held: a training
+    step's resident memory then grew with the network's chunk count (2.6 GB for a 1 M-parameter MLP,
+    over 24 GB at 10 M) though the micro-batches are checkpointed. A fixed threshold keeps it near the
+    micro-batch's own (1.1 GB at 1 M, 1.05 GB for a 10 M-parameter CNN), at 1.5-2x the step's time, as
+    every large tensor then costs fresh pages (BENCHMARKS.md); Ray Train workers set it when training
+    with a chunk budget. Returns False where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or not name:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD
+    return bool(mallopt(m_mmap_threshold, int(threshold)))

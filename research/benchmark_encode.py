@@ -54,16 +54,25 @@ def synthetic_checkpoint(params: int, layers: str):
 
 
 def measure_one(
-    params: int, layers: str, chunk_size: int, preset: str, threads: int, train_step_up_to: float
+    params: int,
+    layers: str,
+    chunk_size: int,
+    preset: str,
+    threads: int,
+    train_step_up_to: float,
+    allocator: str,
 ) -> dict:
     import torch
 
     from pipeline import config as presets
     from pipeline.chunking import chunk_checkpoint
+    from pipeline.runtime import bound_allocator_memory
     from pipeline.train import TargetScaler, build_encoder, collate, train_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if allocator == "bounded":
+        bound_allocator_memory()
     config = getattr(presets, preset)()
     config = presets.from_dict({"chunk_size": chunk_size}, config)
     checkpoint = synthetic_checkpoint(params, layers)
@@ -116,12 +125,24 @@ def main() -> None:
         default=3e7,
         help="time training steps up to this size (they cost ~6× a forward)",
     )
+    p.add_argument(
+        "--allocator",
+        default="bounded",
+        choices=("bounded", "default"),
+        help="bounded: glibc's mmap threshold fixed as Ray Train workers fix it (pipeline.runtime); default: as is",
+    )
     p.add_argument("--json", help="write the rows and exponents here")
     p.add_argument("--one", type=float, help=argparse.SUPPRESS)  # internal: measure one size in this process
     args = p.parse_args()
     if args.one:
         row = measure_one(
-            int(args.one), args.layers, args.chunk_size, args.preset, args.threads, args.train_step_up_to
+            int(args.one),
+            args.layers,
+            args.chunk_size,
+            args.preset,
+            args.threads,
+            args.train_step_up_to,
+            args.allocator,
         )
         print(json.dumps(row))
         return
@@ -143,6 +164,8 @@ def main() -> None:
             str(args.threads),
             "--train-step-up-to",
             str(args.train_step_up_to),
+            "--allocator",
+            args.allocator,
         ]
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -162,6 +185,7 @@ def main() -> None:
         "chunk_size": args.chunk_size,
         "preset": args.preset,
         "threads": args.threads,
+        "allocator": args.allocator,
     }
     print(
         f"scaling exponent: forward {summary['exponent']:.2f}, training step {summary['train_step_exponent']:.2f}"
