@@ -23,6 +23,7 @@ from pipeline import storage
 from pipeline.evaluation import format_table
 from pipeline.predict import plot_predictions, predict_zoo, write_predictions
 from pipeline.runtime import quiet_logs, user_errors
+from pipeline.zoo import FORMATS
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
         "predict with an ensemble of encoders",
     )
     p.add_argument("--zoo", required=True)
-    p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS])
     p.add_argument(
         "--out", default="predictions.csv", help="CSV table to write, a path or URI (default: %(default)s)"
     )

@@ -11,6 +11,7 @@ from pipeline import storage
 from pipeline.config import TrainConfig
 from pipeline.data import prepare_chunk_records
 from pipeline.runtime import add_ray_arguments, start_ray, user_errors
+from pipeline.zoo import FORMATS
 
 
 def main() -> None:
@@ -23,8 +24,10 @@ def main() -> None:
         default=storage.join(TrainConfig().storage, "chunk-records"),
         help="where derived outputs live (default: %(default)s)",
     )
-    p.add_argument("--format", default="auto", choices=["auto", "native", "smallcnnzoo", "modelzoos"])
-    p.add_argument("--steps", default="final", choices=["final", "all"], help="smallcnnzoo: which steps")
+    p.add_argument("--format", default="auto", choices=["auto", *FORMATS])
+    p.add_argument(
+        "--steps", default="final", choices=["final", "all"], help="smallcnnzoo, wildpark: which steps"
+    )
     p.add_argument("--epoch", type=int, help="modelzoos: which epoch (default: the last)")
     add_ray_arguments(p)
     p.add_argument("--json", help="write the summary here as JSON")

@@ -167,7 +167,7 @@ FIELD_HELP = {
     "preset": "starting point for the config: demo (the extended model, laptop-sized), extended (weights, layer summaries, probes, dataset vectors), weights (weights and layer summaries), paper (the published SNE: weights only), debug (tiny)",
     "zoo": "zoo to learn from: a local folder or s3:// URI in any of the zoo formats (docs/zoo-formats.md)",
     "format": "zoo format: auto (detect), native, smallcnnzoo, modelzoos, safetensors or wildpark",
-    "steps": "smallcnnzoo only: 'final' (each network's last step) or 'all' (every stored step)",
+    "steps": "smallcnnzoo and wildpark: 'final' (each network's last step) or 'all' (every stored step)",
     "zoo_epoch": "modelzoos only: which epoch's checkpoint to read (default: each trial's last)",
     "property": "target to predict, e.g. test_accuracy, generalization_gap, frequency (inr zoo)",
     "task": f"split protocol: {', '.join(TASKS)}",
