@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,6 @@ MAX_CNN_MACS = 200_000
 # Residual networks are deeper and wider; capped likewise, at a few seconds of training each.
 MAX_RESNET_MACS = 1_500_000
 
-_WEIGHTED_OPS = {"conv1d": "conv1d", "conv2d": "conv2d", "linear": "linear"}
 _MODULE_KINDS = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Linear: "linear"}
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -584,23 +584,32 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(np.float32).copy()
 
 
+def _module_layers(module: nn.Module) -> Iterator[tuple[str, str, torch.Tensor, torch.Tensor | None]]:
+    """(name, kind, weight, bias) of each checkpoint layer a module holds, in module order, as its tensors."""
+    for name, layer in parameter_modules(module):
+        if isinstance(layer, PositionEmbedding):
+            yield name, "embedding", layer.weight, None
+        elif isinstance(layer, (*_BATCH_NORMS, nn.LayerNorm)):
+            yield name, "norm", layer.weight, layer.bias
+            if isinstance(layer, _BATCH_NORMS):
+                yield (
+                    f"{name}.running",
+                    "norm_stats",
+                    torch.stack([layer.running_mean, layer.running_var], 1),
+                    None,
+                )
+        else:
+            yield name, _MODULE_KINDS[type(layer)], layer.weight, layer.bias
+
+
 def layers_from_module(module: nn.Module) -> list[Layer]:
     """The module's parameters as checkpoint layers (float32 copies, PyTorch layout): a conv / linear layer
     each, a batch or layer norm as its affine scale and shift (kind norm), a batch norm's running statistics
     after it (norm_stats, named ``<module>.running``), a position table as an embedding."""
-    out = []
-    for name, layer in parameter_modules(module):
-        bias = None if getattr(layer, "bias", None) is None else _numpy(layer.bias)
-        if isinstance(layer, PositionEmbedding):
-            out.append(Layer(name, "embedding", _numpy(layer.weight)))
-        elif isinstance(layer, (*_BATCH_NORMS, nn.LayerNorm)):
-            out.append(Layer(name, "norm", _numpy(layer.weight), bias))
-            if isinstance(layer, _BATCH_NORMS):
-                stats = np.stack([_numpy(layer.running_mean), _numpy(layer.running_var)], axis=1)
-                out.append(Layer(f"{name}.running", "norm_stats", stats))
-        else:
-            out.append(Layer(name, _MODULE_KINDS[type(layer)], _numpy(layer.weight), bias))
-    return out
+    return [
+        Layer(name, kind, _numpy(weight), None if bias is None else _numpy(bias))
+        for name, kind, weight, bias in _module_layers(module)
+    ]
 
 
 def checkpoint_from_module(
@@ -635,22 +644,22 @@ def load_checkpoint_into(module: nn.Module, checkpoint: Checkpoint) -> None:
     them (torchvision's ``layer1.0.conv1``, Model Zoos' ``module_list.0``). Raises ValueError naming the
     first layer whose kind or shape does not match, or when the layer counts differ.
     """
-    expected = layers_from_module(module)
+    expected = list(_module_layers(module))  # the module's own tensors: nothing copied to compare shapes
     if len(expected) != len(checkpoint.layers):
         raise ValueError(
             f"checkpoint {checkpoint.id!r} has {len(checkpoint.layers)} layers "
             f"({[layer.name for layer in checkpoint.layers][:6]}…), the module {len(expected)}"
         )
-    for want, have in zip(expected, checkpoint.layers, strict=True):
-        where = f"layer {have.name!r} (the module's {want.name!r})"
-        if want.kind != have.kind:
-            raise ValueError(f"{where}: checkpoint kind {have.kind!r}, module kind {want.kind!r}")
-        if want.weight.shape != have.weight.shape:
+    for (name, kind, weight, bias), have in zip(expected, checkpoint.layers, strict=True):
+        where = f"layer {have.name!r} (the module's {name!r})"
+        if kind != have.kind:
+            raise ValueError(f"{where}: checkpoint kind {have.kind!r}, module kind {kind!r}")
+        if tuple(weight.shape) != tuple(have.weight.shape):
             raise ValueError(
                 f"{where}: checkpoint weight shape {tuple(have.weight.shape)}, module expects "
-                f"{tuple(want.weight.shape)}"
+                f"{tuple(weight.shape)}"
             )
-        if (want.bias is None) != (have.bias is None):
+        if (bias is None) != (have.bias is None):
             raise ValueError(f"{where}: bias present in only one of checkpoint and module")
     layers = iter(checkpoint.layers)
     with torch.no_grad():

@@ -281,17 +281,10 @@ def train_in_process(
     )
     for epoch in range(config.epochs):
         order, calibration, losses = rng.permutation(len(records)), [], []
-        if config.chunk_budget > 0:
-            batches = list(
-                budget_batches((records[i] for i in order), config.chunk_budget, config.batch_size)
-            )
-            if epoch == 0:
-                schedule["total_steps"] = config.epochs * len(batches)
-        else:
-            batches = [
-                [records[i] for i in order[s : s + config.batch_size]]
-                for s in range(0, len(order), config.batch_size)
-            ]
+        by_count = [order[s : s + config.batch_size] for s in range(0, len(order), config.batch_size)]
+        batches = list(epoch_batches([[records[i] for i in part] for part in by_count], config))
+        if epoch == 0:
+            schedule["total_steps"] = config.epochs * len(batches)
         for batch in batches:
             losses.append(train_step(encoder, optimizer, batch, config, scaler, rng))
             scheduler.step()
@@ -300,21 +293,13 @@ def train_in_process(
         yield losses
 
 
-def _sum_over_workers(value: float) -> float:
-    """``value`` summed over every Ray Train worker (each holds its shard's count); itself on one worker."""
+def _over_workers(value: float, op: str = "sum") -> float:
+    """``value`` reduced ("sum" or "max") over every Ray Train worker, each holding its shard's; itself on
+    one worker."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return value
     total = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(total)
-    return float(total.item())
-
-
-def _max_over_workers(value: float) -> float:
-    """The largest ``value`` over the Ray Train workers; itself on one worker."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    total = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(total, op=getattr(torch.distributed.ReduceOp, op.upper()))
     return float(total.item())
 
 
@@ -394,7 +379,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
         lockstep = config.chunk_budget > 0 and ctx.get_world_size() > 1
         while True:
             records = next(stream, None)
-            if lockstep and _max_over_workers(float(records is not None)) == 0.0:
+            if lockstep and _over_workers(float(records is not None), "max") == 0.0:
                 break  # every shard is done
             if records is None and not lockstep:
                 break
@@ -433,13 +418,11 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             else float("nan"),
             # Networks trained this epoch, the largest step of several networks and the largest network,
             # in chunks, over all workers: with a chunk budget the first stays within it.
-            "train_networks": _sum_over_workers(sum(m["networks"] for m in losses)),
-            "train_largest_shared_step_chunks": _max_over_workers(float(largest_shared)),
-            "train_largest_network_chunks": _max_over_workers(float(largest_network)),
+            "train_networks": _over_workers(sum(m["networks"] for m in losses)),
+            "train_largest_shared_step_chunks": _over_workers(float(largest_shared), "max"),
+            "train_largest_network_chunks": _over_workers(float(largest_network), "max"),
             # Networks of this epoch that took the task loss alone (no known permutation), all workers.
-            "train_networks_without_invariance": _sum_over_workers(
-                sum(m["without_permutation"] for m in losses)
-            ),
+            "train_networks_without_invariance": _over_workers(sum(m["without_permutation"] for m in losses)),
             "val_kendall_tau": tau,
             "val_r2": val_metrics["r2"],
             "val_mse": val_metrics["mse"],

@@ -131,15 +131,12 @@ def validate(checkpoint: Checkpoint) -> str | None:
             return f"layer {i} ({layer.name}): unknown kind {layer.kind!r}"
         if layer.bias is not None and layer.kind in BIASLESS_KINDS:
             return f"layer {i} ({layer.name}): a {layer.kind} layer has no bias"
-        if layer.kind == "norm_stats" and layer.weight.ndim == 2 and layer.weight.shape[1] != 2:
-            return (
-                f"layer {i} ({layer.name}): norm_stats weight must be (channels, 2), got {layer.weight.shape}"
-            )
-        if layer.weight.ndim != WEIGHT_NDIM[layer.kind]:
-            return (
-                f"layer {i} ({layer.name}): {layer.kind} weight must have {WEIGHT_NDIM[layer.kind]} "
-                f"dimensions, got shape {tuple(layer.weight.shape)}"
-            )
+        try:
+            element_size(
+                layer.kind, tuple(layer.weight.shape)
+            )  # the rank (and norm_stats' width) its kind needs
+        except ValueError as err:
+            return f"layer {i} ({layer.name}): {err}"
         if layer.bias is not None and layer.bias.shape != (layer.weight.shape[0],):
             return (
                 f"layer {i} ({layer.name}): bias shape {tuple(layer.bias.shape)} does not match "

@@ -203,6 +203,12 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's first line for a one-line reason (its type's name when it has no text)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def parse_json(data: bytes | str) -> Any:
     """``json.loads``, with nesting too deep for the parser reported as the ValueError any bad JSON raises."""
     try:

@@ -37,6 +37,7 @@ from pipeline.zoo.listing import (
     ZooListing,
     file_stamp,
     fingerprint,
+    first_line,
     parse_json,
     printable,
     relative,
@@ -361,10 +362,10 @@ def _load_state_dict(blob: bytes, rel: str) -> dict[str, np.ndarray] | str:
     except pickle.UnpicklingError as e:
         return (
             f"{rel} is not a plain tensor state dict: refused to unpickle it (torch.load weights_only=True "
-            f"blocks code execution): {_first_line(e)}"
+            f"blocks code execution): {first_line(e)}"
         )
     except Exception as e:  # truncated zip, bad magic, …: torch raises several types
-        return f"{rel} is corrupt or truncated: {type(e).__name__}: {_first_line(e)}"
+        return f"{rel} is corrupt or truncated: {type(e).__name__}: {first_line(e)}"
     if isinstance(obj, dict):
         for key in ("model_state_dict", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -398,11 +399,6 @@ def _compressed_records(blob: bytes) -> list[zipfile.ZipInfo]:
     except Exception:  # not a zip, or a damaged one: torch.load then says what is wrong with it
         return []
     return [info for info in infos if info.compress_type != zipfile.ZIP_STORED]
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _layers(state: dict[str, np.ndarray]) -> list[Layer] | str:

@@ -38,6 +38,7 @@ from pipeline.zoo.listing import (
     ZooListing,
     file_stamp,
     fingerprint,
+    first_line,
     mark_duplicates,
     printable,
     relative,
@@ -151,7 +152,7 @@ def _state_dict(blob: bytes, where: str) -> dict[str, np.ndarray] | str:
         header_length = int.from_bytes(blob[:8], "little")
         metadata = json.loads(blob[8 : 8 + header_length]).get("__metadata__") or {}
     except (safetensors.SafetensorError, ValueError, UnicodeDecodeError) as e:
-        return f"{where} is not a readable safetensors file: {str(e).splitlines()[0] if str(e) else e}"
+        return f"{where} is not a readable safetensors file: {first_line(e)}"
     weights = {k: v for k, v in tensors.items() if v.is_floating_point()}
     if any(v.is_complex() for v in tensors.values()):
         return f"{where} holds complex tensors, not weights"

@@ -26,7 +26,15 @@ import numpy as np
 
 from pipeline import storage
 from pipeline.zoo.checkpoint import Checkpoint, Layer, Rejection, validate, with_generalization_gap
-from pipeline.zoo.listing import ZooError, ZooListing, file_stamp, fingerprint, printable, relative
+from pipeline.zoo.listing import (
+    ZooError,
+    ZooListing,
+    file_stamp,
+    fingerprint,
+    first_line,
+    printable,
+    relative,
+)
 from pipeline.zoo.state_dict import natural_order
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -175,7 +183,7 @@ def _load(blob: bytes) -> dict | str:
         )
         return f"{CHECKPOINT_FILE} asks to build objects beyond tensors and plain values ({wanted}): not unpickled"
     except Exception as e:  # truncated zip, bad magic, …
-        return f"{CHECKPOINT_FILE} is corrupt or truncated: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return f"{CHECKPOINT_FILE} is corrupt or truncated: {type(e).__name__}: {first_line(e)}"
     config = _unwrap(obj.get("config")) if isinstance(obj, dict) else None
     if not isinstance(obj.get("model") if isinstance(obj, dict) else None, dict) or not isinstance(
         config, dict
