@@ -1,10 +1,12 @@
 """Every model × seed on one protocol's fixed splits of a zoo; a table of test τ / R² / MSE, mean ± std.
 
 python jobs/benchmark_quality.py --zoo URI --protocol random|cross-dataset|cross-architecture
-    [--models paper,sne,statnn,mean] [--seeds 3] [--epochs N] [--json PATH] [--out PATH.md]
+    [--models paper,sne,deepsets,statnn,statnn-side,mlp,mean] [--seeds 3] [--epochs N] [--json PATH] [--out PATH.md]
 
-SNE models select their epoch on validation only and read the test split once per run; a seed changes a
-model's initialisation and batch order, never the split. Each run is an MLflow child run of one parent run.
+Every model chooses on the validation networks only (SNE and DeepSets their epoch, the feature baselines
+their settings) and reads the test split once per run; a seed changes a model's initialisation and batch
+order, never the split; a training run's steps stay on one side. Each run is an MLflow child run of one
+parent run. mlp reads flattened weights, so it runs on one-architecture zoos only.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def main() -> None:
     p.add_argument("--zoo", default=defaults.zoo, help="zoo URI (default: the demo zoo)")
     p.add_argument("--protocol", default="random", choices=PROTOCOLS)
     p.add_argument(
-        "--models", default="paper,sne,statnn,mean", help=f"comma-separated, of {', '.join(MODELS)}"
+        "--models",
+        default="paper,sne,deepsets,statnn,statnn-side,mean",
+        help=f"comma-separated, of {', '.join(MODELS)}",
     )
     p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..N-1 (default: 3)")
     p.add_argument("--epochs", type=int, help="epochs of each SNE run (default: each preset's)")

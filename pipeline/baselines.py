@@ -1,8 +1,11 @@
-"""STATNN (Unterthiner et al. 2020): per-tensor statistics fed to gradient-boosted trees.
+"""Baselines that read features of a network's weights, and the per-layer summaries SNE adds.
 
-For every weight and bias tensor in computation order: mean, standard deviation and the
-0/25/50/75/100 percentiles (7 numbers). Mixed zoos have different tensor counts, so the feature
-vector is padded with NaN to the longest network in the batch; the trees treat NaN as missing.
+STATNN (Unterthiner et al. 2020): for every weight and bias tensor, its mean, standard deviation and the
+0/25/50/75/100 percentiles (7 numbers), fed to gradient-boosted trees. Tensors are aligned across networks
+by their layer's role (``layer_roles``), and a tensor a network lacks is NaN, which the trees treat as
+missing. ``statnn-side`` adds what the extended SNE reads beside the weights (probe summary, dataset);
+``mlp`` is an MLP on the flattened weights of a one-architecture zoo. Each chooses its settings on the
+validation networks (``select_and_predict``); ``fit_baseline`` runs any of them on a split.
 ``layer_summary`` is a richer per-layer summary: an SNE layer input (collate) and, through
 ``layer_set_features``, features for trees in research/zoo_ceiling.py. ``link_summaries`` adds what no
 single layer shows: how the gains of its units chain with the layers below and above. SNE's default
@@ -138,11 +141,6 @@ def layer_set_features(state: dict[str, np.ndarray], links: bool = False) -> np.
     return np.concatenate(out)
 
 
-def statnn_features(record: dict) -> np.ndarray:
-    """state_features of one chunk record."""
-    return state_features(unchunk_record(record))
-
-
 def pad_features(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
     """(B, width) with NaN where a network has fewer tensors than the widest one."""
     width = width or max(len(r) for r in rows)
@@ -152,30 +150,212 @@ def pad_features(rows: list[np.ndarray], width: int | None = None) -> np.ndarray
     return out
 
 
-class STATNN:
-    """Gradient-boosted trees on STATNN features; ``fit`` then ``predict`` on lists of feature rows."""
+# STATNN reads its tensors by the role of their layer, not by position, so that networks of different
+# families meet in shared columns: conv and normalisation layers count from the input, linear layers from
+# the output (a CNN's and an MLP's classifier are both linear[-1]). Within one family this is the
+# positional alignment in another column order.
+ROLE_GROUP = {
+    "conv1d": "conv",
+    "conv2d": "conv",
+    "linear": "linear",
+    "norm": "norm",
+    "norm_stats": "norm_stats",
+    "embedding": "embedding",
+}
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-        self.width = 0
-        self.regressor = None
 
-    def fit(self, rows: list[np.ndarray], y: np.ndarray) -> STATNN:
-        from sklearn.ensemble import HistGradientBoostingRegressor
+def layer_roles(kinds: list[str]) -> list[str]:
+    """Each layer's role, e.g. ``conv[0]``, ``norm[2]``, ``linear[-1]`` (the last linear layer)."""
+    groups = [ROLE_GROUP[str(k)] for k in kinds]
+    roles = []
+    for i, group in enumerate(groups):
+        members = [j for j, g in enumerate(groups) if g == group]
+        k = members.index(i)
+        roles.append(f"{group}[{k - len(members) if group == 'linear' else k}]")
+    return roles
 
-        self.width = max(len(r) for r in rows)
-        # sklearn's default leaf size (20) makes one constant leaf of a small zoo; scale it down.
-        leaf = int(min(20, max(2, len(rows) // 10)))
-        self.regressor = HistGradientBoostingRegressor(
-            max_iter=300, learning_rate=0.05, min_samples_leaf=leaf, random_state=self.seed
+
+def role_statistics(record: dict) -> dict[str, np.ndarray]:
+    """STATNN's 7 statistics of each weight and bias tensor of a chunk record, keyed ``<role>.weight|bias``."""
+    state = unchunk_record(record)
+    out = {}
+    for name, role in zip(record["layer_name"], layer_roles(list(record["layer_kind"])), strict=True):
+        for part in ("weight", "bias"):
+            tensor = state.get(f"{name}.{part}")
+            if tensor is not None:
+                out[f"{role}.{part}"] = tensor_statistics(tensor)
+    return out
+
+
+def flat_weights(record: dict) -> np.ndarray:
+    """Every weight and bias of a chunk record, in its layer order, as one vector."""
+    return np.concatenate([np.ravel(t) for t in unchunk_record(record).values()]).astype(np.float32)
+
+
+def baseline_row(record: dict, property_name: str, flat: bool = False) -> dict:
+    """What the feature baselines read of one chunk record (``fit_baseline``'s rows); ``flat`` adds the
+    flattened weights (the mlp baseline)."""
+    probe = record.get("probe")
+    return {
+        "roles": role_statistics(record),
+        "probe": None if probe is None else np.asarray(probe, dtype=np.float64),
+        "dataset": str(record["dataset"]),
+        "target": float(record[property_name]),
+        "architecture": architecture_key(record),
+        **({"flat": flat_weights(record)} if flat else {}),
+    }
+
+
+def architecture_key(record: dict) -> str:
+    """What must match for two networks' flattened weights to line up: each layer's kind and shapes."""
+    shapes = [list(map(int, s)) for s in record["layer_weight_shape"]]
+    biases = [len(m) > 0 for m in record["bias_mask"]]
+    return repr(list(zip(map(str, record["layer_kind"]), map(str, shapes), biases, strict=True)))
+
+
+class FeatureLayout:
+    """The columns of a tree baseline's feature matrix, fixed on the networks it is fitted on.
+
+    STATNN's statistics per tensor role seen there (NaN where a network lacks the role; a role no fitted
+    network had is not read). With ``side``, the inputs the extended SNE reads beside the weights: the probe
+    summary (NaN without a probe) and a one-hot of the fitted networks' datasets (all zero for another).
+    """
+
+    def __init__(self, rows: list[dict], side: bool = False) -> None:
+        self.roles = sorted({role for row in rows for role in row["roles"]})
+        self.side = side
+        self.datasets = sorted({row["dataset"] for row in rows}) if side else []
+        widths = {len(row["probe"]) for row in rows if side and row.get("probe") is not None}
+        if len(widths) > 1:
+            raise ValueError(
+                f"probe summaries of different lengths {sorted(widths)}: records of mixed versions"
+            )
+        self.probe_width = widths.pop() if widths else 0
+
+    def matrix(self, rows: list[dict]) -> np.ndarray:
+        width = STATS_PER_TENSOR * len(self.roles) + self.probe_width + len(self.datasets)
+        out = np.full((len(rows), width), np.nan)
+        column = {role: STATS_PER_TENSOR * k for k, role in enumerate(self.roles)}
+        side_at = STATS_PER_TENSOR * len(self.roles)
+        for i, row in enumerate(rows):
+            for role, values in row["roles"].items():
+                if role in column:
+                    out[i, column[role] : column[role] + STATS_PER_TENSOR] = values
+            if self.side:
+                if self.probe_width and row.get("probe") is not None:
+                    out[i, side_at : side_at + self.probe_width] = row["probe"]
+                onehot = side_at + self.probe_width
+                out[i, onehot : onehot + len(self.datasets)] = [row["dataset"] == d for d in self.datasets]
+        return out
+
+
+def _trees(seed: int, rows: int, learning_rate: float, max_leaf_nodes: int, max_iter: int):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    # sklearn's default leaf size (20) makes one constant leaf of a small zoo; scale it down.
+    leaf = int(min(20, max(2, rows // 10)))
+    return HistGradientBoostingRegressor(
+        learning_rate=learning_rate,
+        max_leaf_nodes=max_leaf_nodes,
+        max_iter=max_iter,
+        min_samples_leaf=leaf,
+        random_state=seed,
+    )
+
+
+def _mlp(seed: int, rows: int, alpha: float, hidden: tuple[int, ...]):
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import QuantileTransformer
+
+    # Rank-based scaling fitted on the training rows: one diverged network (|w| = 22,000 in the small zoo)
+    # would wreck a mean/std scaling.
+    return make_pipeline(
+        QuantileTransformer(output_distribution="normal", n_quantiles=min(1000, rows), random_state=0),
+        MLPRegressor(
+            hidden_layer_sizes=hidden, alpha=alpha, early_stopping=True, max_iter=500, random_state=seed
+        ),
+    )
+
+
+# The settings each learner chooses from on the validation networks.
+TREE_GRID = tuple(
+    {"learning_rate": lr, "max_leaf_nodes": leaves, "max_iter": iters}
+    for lr in (0.03, 0.1)
+    for leaves in (7, 31)
+    for iters in (100, 400)
+)
+MLP_GRID = tuple(
+    {"alpha": alpha, "hidden": hidden} for alpha in (0.01, 1.0) for hidden in ((128,), (256, 256))
+)
+
+
+def select_and_predict(
+    make, grid, x: np.ndarray, y: np.ndarray, split: np.ndarray, seed: int
+) -> tuple[np.ndarray, dict]:
+    """Predictions for the rows whose ``split`` is "test", and the settings they came from.
+
+    ``make(seed, rows, **settings)`` is fitted on the "train" rows for each settings of ``grid``; the one
+    with the best Kendall τ on the "val" rows is refitted on train + val (a learner without epochs to select
+    gains from the validation networks once the choice is made) and predicts the test rows."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    train, val, test = (split == "train"), (split == "val"), (split == "test")
+    x = x[:, ~np.isnan(x[train]).all(axis=0)]  # the trees cannot bin a column no training row sets
+    best, best_tau = grid[0], -np.inf
+    both = train | val
+    # An MLP that stops at its iteration cap is one setting among several; validation judges it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for settings in grid:
+            model = make(seed, int(train.sum()), **settings).fit(x[train], y[train])
+            tau = scores(model.predict(x[val]), y[val])["kendall_tau"]
+            if np.isfinite(tau) and tau > best_tau:
+                best, best_tau = settings, tau
+        model = make(seed, int(both.sum()), **best).fit(x[both], y[both])
+    return model.predict(x[test]), best
+
+
+BASELINE_MODELS = ("statnn", "statnn-side", "mlp")
+
+
+def check_one_architecture(rows: list[dict]) -> None:
+    """ValueError unless every row has one architecture: what flattened weights need to line up."""
+    keys = {row["architecture"] for row in rows}
+    if len(keys) > 1:
+        raise ValueError(
+            "the mlp baseline reads flattened weights, which line up only within one architecture; "
+            f"this zoo holds {len(keys)} (statnn and deepsets read mixed zoos)"
         )
-        self.regressor.fit(pad_features(rows, self.width), np.asarray(y, dtype=np.float64))
-        return self
 
-    def predict(self, rows: list[np.ndarray]) -> np.ndarray:
-        if self.regressor is None:
-            raise RuntimeError("STATNN.predict before fit")
-        return self.regressor.predict(pad_features(rows, self.width))
+
+def fit_baseline(
+    model: str, rows: dict[str, dict], assignment: dict[str, str], seed: int
+) -> dict[str, float]:
+    """A feature baseline's test predictions ``{id: value}``, settings chosen on the validation networks.
+
+    ``rows``: id → {"roles": role_statistics, "probe", "dataset", "target", and "flat" (flat_weights) for
+    ``mlp``}, covering every id of ``assignment``. ``statnn``: trees on the role-aligned statistics;
+    ``statnn-side``: the same plus the probe summary and the dataset; ``mlp``: an MLP on the flattened
+    weights, for a zoo of one architecture only (ValueError otherwise).
+    """
+    if model not in BASELINE_MODELS:
+        raise ValueError(f"unknown baseline {model!r}; known: {', '.join(BASELINE_MODELS)}")
+    ids = sorted(assignment)
+    split = np.array([assignment[i] for i in ids])
+    y = np.array([rows[i]["target"] for i in ids], dtype=np.float64)
+    if model == "mlp":
+        check_one_architecture([rows[i] for i in ids])
+        x = np.stack([rows[i]["flat"] for i in ids]).astype(np.float64)
+        pred, _ = select_and_predict(_mlp, MLP_GRID, x, y, split, seed)
+    else:
+        fitted = [rows[i] for i, s in zip(ids, split, strict=True) if s in ("train", "val")]
+        x = FeatureLayout(fitted, side=model == "statnn-side").matrix([rows[i] for i in ids])
+        pred, _ = select_and_predict(_trees, TREE_GRID, x, y, split, seed)
+    test_ids = [i for i, s in zip(ids, split, strict=True) if s == "test"]
+    return dict(zip(test_ids, pred.tolist(), strict=True))
 
 
 def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -189,8 +369,9 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 def fit_trees(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
     """STATNN's trees on any feature matrix (rows ``train`` fit, rows ``test`` score): Kendall tau and MSE."""
     seen = ~np.isnan(x[train]).all(axis=0)  # the trees cannot bin a column the training rows never set
-    model = STATNN().fit(list(x[train][:, seen]), y[train])
-    return scores(model.predict(list(x[test][:, seen])), y[test])
+    model = _trees(0, len(y[train]), learning_rate=0.05, max_leaf_nodes=31, max_iter=300)
+    model.fit(x[train][:, seen], y[train])
+    return scores(model.predict(x[test][:, seen]), y[test])
 
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> dict[str, float]:

@@ -8,11 +8,14 @@ and seed):
   of the A → B matrix per A;
 - ``cross-architecture``: the same over families.
 
-Models: ``paper`` (the published SNE, weights only) and ``sne`` (the extended preset) train with Ray Train
-and select their epoch on validation only (``pipeline.driver.run_training``); ``statnn`` (seven statistics
-per tensor → gradient-boosted trees, fitted on train + validation) and ``mean`` (each test network gets
-its dataset's training mean) are the baselines. A seed changes a model's initialisation and batch order
-(and STATNN's trees), never the split. Every run is an MLflow child run of one parent run.
+Models: ``paper`` (the published SNE, weights only), ``sne`` (the extended preset) and ``deepsets`` (the
+DeepSets baseline on the same chunk records) train with Ray Train and select their epoch on validation
+only (``pipeline.driver.run_training``). The feature baselines (``pipeline.baselines.fit_baseline``) choose
+their settings on validation and then fit train + validation: ``statnn`` (seven statistics per tensor,
+aligned by layer role → gradient-boosted trees; weights only, like ``paper``), ``statnn-side`` (the same
+plus the probe summary and dataset the extended SNE reads) and ``mlp`` (flattened weights; one-architecture
+zoos only). ``mean`` gives each test network its dataset's training mean. A seed changes a model's
+initialisation and batch order, never the split. Every run is an MLflow child run of one parent run.
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline import storage, tracking
+from pipeline.baselines import BASELINE_MODELS, check_one_architecture, fit_baseline
 from pipeline.config import PRESETS, TrainConfig
 from pipeline.data import prepare_chunk_records, read_record_index
 from pipeline.evaluation import regression_metrics
 from pipeline.splits import assign_splits
 
 PROTOCOLS = ("random", "cross-dataset", "cross-architecture")
-SNE_MODELS = {"paper": "paper", "sne": "extended"}  # model name → TrainConfig preset
-BASELINES = ("statnn", "mean")
+SNE_MODELS = {"paper": "paper", "sne": "extended", "deepsets": "deepsets"}  # model → TrainConfig preset
+BASELINES = (*BASELINE_MODELS, "mean")
 MODELS = (*SNE_MODELS, *BASELINES)
 
 
@@ -107,12 +111,6 @@ def _sne_predictions(final: dict) -> dict[str, float]:
     return dict(zip(table["id"], table["prediction"].astype(float), strict=True))
 
 
-def _statnn_predictions(records_uri: str, assignment: dict[str, str], property_name: str, seed: int) -> dict:
-    from pipeline.driver import run_statnn, split_datasets
-
-    return run_statnn(split_datasets(records_uri, assignment, materialize=False), property_name, seed)
-
-
 def run_benchmark(
     zoo: str,
     protocol: str,
@@ -137,12 +135,20 @@ def run_benchmark(
         steps=base.steps,
         epoch=base.zoo_epoch,
     )
-    table = read_record_index(prepared.output, ("id", "family", "dataset", base.property))
+    table = read_record_index(prepared.output, ("id", "family", "dataset", "run", base.property))
     rows = table.to_pylist()
     index = {
         r["id"]: {"family": r["family"], "dataset": r["dataset"], "target": r[base.property]} for r in rows
     }
     cells = protocol_cells(protocol, [r["dataset"] for r in rows], [r["family"] for r in rows])
+    feature_rows = None
+    if set(models) & set(BASELINE_MODELS):
+        from pipeline.driver import baseline_rows
+
+        # One pass over the records serves every cell and seed of every feature baseline.
+        feature_rows = baseline_rows(prepared.output, set(index), base.property, flat="mlp" in models)
+        if "mlp" in models:
+            check_one_architecture(list(feature_rows.values()))  # refuse a mixed zoo before anything trains
     name = name or f"benchmark-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = {"protocol": protocol, "models": ",".join(models), "seeds": seeds, "zoo": zoo, "epochs": epochs}
     parent = tracking.start_run(tracking_uri, base.experiment, name, params, {"benchmark": protocol})
@@ -162,6 +168,7 @@ def run_benchmark(
                 [r["family"] for r in rows],
                 [r["dataset"] for r in rows],
                 seed=base.split_seed,
+                runs=[r["run"] for r in rows],
                 **cell.split,
             )
             test = {i: index[i] for i, s in assignment.items() if s == "test"}
@@ -190,8 +197,8 @@ def run_benchmark(
                             )
                     else:
                         pred = (
-                            _statnn_predictions(prepared.output, assignment, base.property, seed)
-                            if model == "statnn"
+                            fit_baseline(model, feature_rows, assignment, seed)
+                            if model in BASELINE_MODELS
                             else mean_baseline(index, assignment)
                         )
                         run_id = None

@@ -21,8 +21,8 @@ from pipeline.probes import run_probes
 from pipeline.zoo.checkpoint import Checkpoint, Layer, element_size, fan_in
 
 # 2: the probe column (pipeline.probes). 3: the probe_probabilities column. 4: the norm, norm_stats and
-# embedding layer kinds.
-SCHEMA_VERSION = 4
+# embedding layer kinds. 5: the run column; property names no longer among the hyperparameters.
+SCHEMA_VERSION = 5
 
 # Property columns every record carries (None where the checkpoint lacks the property).
 PROPERTY_COLUMNS = (
@@ -42,6 +42,7 @@ CHUNK_RECORD_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("family", pa.string(), nullable=False),
         pa.field("dataset", pa.string(), nullable=False),
+        pa.field("run", pa.string(), nullable=False),
         pa.field("num_params", pa.int64(), nullable=False),
         pa.field("chunk_size", pa.int32(), nullable=False),
         pa.field("schema_version", pa.int32(), nullable=False),
@@ -128,6 +129,7 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True
         "id": str(checkpoint.id),
         "family": str(checkpoint.family),
         "dataset": str(checkpoint.dataset),
+        "run": str(checkpoint.run_id),
         "num_params": int(checkpoint.num_params),
         "chunk_size": int(chunk_size),
         "schema_version": SCHEMA_VERSION,
@@ -145,7 +147,10 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True
     for name in PROPERTY_COLUMNS:
         value = checkpoint.properties.get(name)
         record[name] = None if value is None else float(value)
-    record["hyperparameters"] = json.dumps(checkpoint.hyperparameters, sort_keys=True)
+    # A property a zoo also keeps among its hyperparameters (an INR's frequency: what it was fitted to) would
+    # hand the target to any model that reads them; only the property columns carry it.
+    hyperparameters = {k: v for k, v in checkpoint.hyperparameters.items() if k not in PROPERTY_COLUMNS}
+    record["hyperparameters"] = json.dumps(hyperparameters, sort_keys=True)
     run = run_probes(checkpoint) if probe else None
     record["probe"] = None if run is None else run[0].tolist()
     probabilities = None if run is None else run[1]
@@ -212,4 +217,5 @@ def checkpoint_from_record(record: dict[str, Any]) -> Checkpoint:
         layers=layers,
         properties=properties,
         hyperparameters=json.loads(hyper) if hyper else {},
+        run="" if record.get("run") in (None, record["id"]) else str(record["run"]),
     )

@@ -20,7 +20,7 @@ NORMALIZATIONS = ("fan_in", "none")
 LR_SCHEDULES = ("cosine", "constant")
 # The keys of encoder.LAYER_SUMMARIES (config stays free of torch).
 LAYER_SUMMARIES = ("sets", "statnn", "links")
-BLOCKS = ("paper", "compact")  # encoder.BLOCKS
+BLOCKS = ("paper", "compact", "deepsets")  # encoder.BLOCKS
 ELEMENT_PROJECTIONS = ("linear", "random_features")  # encoder.ELEMENT_PROJECTIONS
 
 
@@ -164,7 +164,7 @@ class TrainConfig:
 
 # One line of --help per field; a unit test keeps it complete. Defaults are appended from the preset.
 FIELD_HELP = {
-    "preset": "starting point for the config: demo (the extended model, laptop-sized), extended (weights, layer summaries, probes, dataset vectors), weights (weights and layer summaries), paper (the published SNE: weights only), debug (tiny)",
+    "preset": "starting point for the config: demo (the extended model, laptop-sized), extended (weights, layer summaries, probes, dataset vectors), weights (weights and layer summaries), paper (the published SNE: weights only), deepsets (the DeepSets baseline on the paper's inputs), debug (tiny)",
     "zoo": "zoo to learn from: a local folder or s3:// URI in any of the zoo formats (docs/zoo-formats.md)",
     "format": "zoo format: auto (detect), native, smallcnnzoo, modelzoos, safetensors or wildpark",
     "steps": "smallcnnzoo and wildpark: 'final' (each network's last step) or 'all' (every stored step)",
@@ -188,7 +188,7 @@ FIELD_HELP = {
     "heads": "attention heads (must divide --hidden)",
     "inducing_points": "inducing points of the layer encoder's induced set attention",
     "chunk_micro_batch": "chunks encoded at once: peak memory follows this, not the network's size",
-    "blocks": "set-block arrangement: paper (two SABs per stage, SABs over a layer's chunks) or compact (fewer blocks, induced attention over a layer's chunks: linear in its size)",
+    "blocks": "set-block arrangement: paper (two SABs per stage, SABs over a layer's chunks), compact (fewer blocks, induced attention over a layer's chunks: linear in its size) or deepsets (the DeepSets baseline: one set of all weights, no attention)",
     "element_projection": "how a chunk element becomes a vector: linear, or random_features (an MLP whose first layer starts as random features, so a weight's magnitude survives the first LayerNorm)",
     "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
     "embedding_norm": "batch-standardise the network embedding before the head",
@@ -253,7 +253,19 @@ def paper() -> TrainConfig:
     )
 
 
-PRESETS = {"demo": demo, "extended": extended, "weights": weights, "paper": paper, "debug": debug}
+def deepsets() -> TrainConfig:
+    """The DeepSets baseline: the paper preset's inputs (weights only), one set of all a network's weights."""
+    return dataclasses.replace(paper(), preset="deepsets", blocks="deepsets", invariance_weight=0.0)
+
+
+PRESETS = {
+    "demo": demo,
+    "extended": extended,
+    "weights": weights,
+    "paper": paper,
+    "deepsets": deepsets,
+    "debug": debug,
+}
 
 
 def _coerce(name: str, hint, value):

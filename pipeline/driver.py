@@ -119,35 +119,43 @@ def split_datasets(
     return out
 
 
-def _statnn_rows(batch: dict) -> dict:
-    from pipeline.baselines import statnn_features
+def _baseline_rows(batch: dict, property_name: str, flat: bool) -> dict:
+    from pipeline.baselines import baseline_row
     from pipeline.collate import records_from_batch
 
     records = records_from_batch(batch)
     return {
-        "id": np.array([r["id"] for r in records]),
-        "features": np.array([statnn_features(r) for r in records], dtype=object),
+        "id": np.array([str(r["id"]) for r in records]),
+        "row": np.array([baseline_row(r, property_name, flat) for r in records], dtype=object),
     }
 
 
-def run_statnn(datasets: dict, property_name: str, seed: int) -> dict[str, np.ndarray]:
-    """Fit STATNN on train (+val, it has no epochs to select) and predict test; id → prediction."""
-    from pipeline.baselines import STATNN
+def baseline_rows(records_uri: str, ids: set[str], property_name: str, flat: bool = False) -> dict[str, dict]:
+    """What the feature baselines read of each listed network (``baselines.fit_baseline``'s rows), computed
+    in one parallel pass over the chunk records; ``flat`` adds the flattened weights (the mlp baseline)."""
+    wanted = pa.array(sorted(ids), pa.string())
+    ds = load_chunk_dataset(records_uri).map_batches(
+        _select_ids, batch_format="pyarrow", fn_kwargs={"ids": wanted}, num_cpus=0.25
+    )
+    rows = ds.map_batches(
+        _baseline_rows,
+        batch_format="numpy",
+        batch_size=64,
+        num_cpus=0.5,
+        fn_kwargs={"property_name": property_name, "flat": flat},
+    ).take_all()
+    return {r["id"]: r["row"] for r in rows}
 
-    def collect(ds) -> tuple[list[str], list[np.ndarray], np.ndarray]:
-        feats = ds.map_batches(_statnn_rows, batch_format="numpy", batch_size=64, num_cpus=0.5).take_all()
-        props = {r["id"]: r[property_name] for r in ds.select_columns(["id", property_name]).take_all()}
-        ids = [r["id"] for r in feats]
-        return (
-            ids,
-            [np.asarray(r["features"], dtype=np.float64) for r in feats],
-            np.array([props[i] for i in ids]),
-        )
 
-    tr_ids, tr_x, tr_y = collect(datasets["train"].union(datasets["val"]))
-    te_ids, te_x, _ = collect(datasets["test"])
-    pred = STATNN(seed).fit(tr_x, tr_y).predict(te_x)
-    return dict(zip(te_ids, pred, strict=True))
+def run_statnn(
+    records_uri: str, assignment: dict[str, str], property_name: str, seed: int
+) -> dict[str, float]:
+    """STATNN on a split (settings chosen on validation, then fitted on train + validation); id → test
+    prediction."""
+    from pipeline.baselines import fit_baseline
+
+    rows = baseline_rows(records_uri, set(assignment), property_name)
+    return fit_baseline("statnn", rows, assignment, seed)
 
 
 def _new_run_name(config: TrainConfig, fingerprint: str) -> str:
@@ -280,7 +288,7 @@ def run_training(
         f" of what the network computes) at {prepared.output}"
         + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
     )
-    index = read_record_index(prepared.output, ("id", "family", "dataset", config.property))
+    index = read_record_index(prepared.output, ("id", "family", "dataset", "run", config.property))
     values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)
     ids = index.column("id").to_pylist()
     missing = [i for i, v in zip(ids, values, strict=True) if not np.isfinite(v)]
@@ -300,6 +308,7 @@ def run_training(
         test_families=config.test_families,
         seed=config.split_seed,
         test_fraction=config.test_fraction,
+        runs=index.column("run").to_pylist(),
     )
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
     in_train = [assignment.get(i) == "train" for i in ids]
@@ -431,7 +440,7 @@ def run_training(
 
     statnn_pred = None
     if config.statnn:
-        by_id = run_statnn(datasets, config.property, config.seed)
+        by_id = run_statnn(prepared.output, assignment, config.property, config.seed)
         statnn_pred = np.array([by_id[i] for i in test["id"]])
         s = regression_metrics(statnn_pred, true)
         final.update(

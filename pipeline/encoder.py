@@ -23,7 +23,7 @@ from pipeline.collate import LAYER_STATISTICS
 from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 from pipeline.sets import MAB, PMA, SAB, SegmentMAB, dense_sets, feedforward, micro_batched, sinusoid
 
-BLOCKS = ("paper", "compact")
+BLOCKS = ("paper", "compact", "deepsets")
 ELEMENT_PROJECTIONS = ("linear", "random_features")
 # EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
 LAYER_SUMMARIES = {
@@ -49,6 +49,8 @@ class EncoderConfig:
     # "paper": the published arrangement (docs/model.md): two SABs in every set-to-set stage, SABs over a
     # layer's chunks. "compact": one SAB after the chunk encodings and in the merge and network stages, an
     # induced set attention over a layer's chunks (linear in their count, so a big layer fits in memory).
+    # "deepsets": not SNE but the DeepSets baseline of the paper's tables (DeepSets below): every weight is
+    # one member of a single set, no attention, no layers, no positions.
     blocks: str = "compact"
     # How a chunk element (a scalar weight or a k*k kernel) becomes a D-vector: "linear", or
     # "random_features" (Linear → GELU → Linear, the first initialised as random features), which keeps an
@@ -301,6 +303,80 @@ class LayerPool(nn.Module):
         return pooled[:, 0]
 
 
+class DeepSets(nn.Module):
+    """The DeepSets baseline (Zaheer et al. 2017) over the packed chunk batches SNE reads: every weight and
+    bias element of a network is one member of one set; phi embeds each (the element projection SNE's chunk
+    encoder starts with, then an MLP), the network is the mean of its members' embeddings, and rho (an MLP,
+    then SNE's embedding norm and head) predicts. It knows nothing of chunks, layers or depth, and is
+    invariant to every permutation of a network's weights, function-preserving or not.
+    """
+
+    def __init__(self, cfg: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or EncoderConfig(blocks="deepsets")
+        d = cfg.hidden
+        self.weight_project = nn.Linear(cfg.max_element_size, d)
+        self.bias_project = nn.Linear(1, d)
+        self.phi = nn.Sequential(nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.rho = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.embedding_norm = nn.BatchNorm1d(d) if cfg.embedding_norm else nn.Identity()
+        self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+
+    def _member_sums(self, project: nn.Linear, chunks: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor):
+        e = chunks.shape[-1]
+        x = ELEMENT_LIMIT * torch.tanh(chunks / ELEMENT_LIMIT)
+        x = F.linear(x, project.weight[:, :e]) * scale[:, None, None] + project.bias  # (N, C, D)
+        return (self.phi(x) * mask[..., None].to(x.dtype)).sum(dim=1)  # (N, D)
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        owner = batch["layer_checkpoint"]
+        num_checkpoints = int(owner.max()) + 1
+        micro = self.cfg.chunk_micro_batch
+        recompute = self.cfg.checkpoint_chunks and self.training and torch.is_grad_enabled()
+        total = batch["weight_chunks"].new_zeros((num_checkpoints, self.cfg.hidden))
+        count = batch["weight_chunks"].new_zeros((num_checkpoints,))
+        for project, prefix in ((self.weight_project, "weight"), (self.bias_project, "bias")):
+            chunks, mask, layer = batch[f"{prefix}_chunks"], batch[f"{prefix}_mask"], batch[f"{prefix}_layer"]
+            if chunks.shape[-1] > project.in_features:
+                raise ValueError(
+                    f"element size {chunks.shape[-1]} exceeds EncoderConfig.max_element_size="
+                    f"{self.cfg.max_element_size}"
+                )
+            sizes = batch["layer_element_size"] if prefix == "weight" else torch.ones_like(owner)
+            scale = sizes[layer].to(chunks.dtype).rsqrt()  # a k*k kernel on the scale of a scalar weight
+
+            def members(c, m, s, project=project):
+                return self._member_sums(project, c, m, s)
+
+            sums = micro_batched(members, micro, recompute, chunks, mask, scale)
+            total = total.index_add(0, owner[layer], sums)
+            count = count.index_add(0, owner[layer], mask.sum(dim=1).to(count.dtype))
+        return self.rho(total / count.clamp(min=1.0)[:, None])
+
+    def set_input_scaling(self, stats: dict[str, dict[str, list[float]]]) -> None:
+        """DeepSets reads weights alone: no side input to scale."""
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        return _predict(self, self.embed(batch))
+
+
+def _predict(encoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The head's prediction (B,) from embeddings (B, D), through the encoder's embedding norm."""
+    if encoder.training and z.shape[0] < 2 and isinstance(encoder.embedding_norm, nn.BatchNorm1d):
+        # One checkpoint has no batch spread to standardise by (the last batch of an epoch can be
+        # this small): use the running statistics, as in evaluation, instead of failing.
+        norm = encoder.embedding_norm
+        z = F.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    else:
+        z = encoder.embedding_norm(z)
+    return encoder.head(z)[:, 0]
+
+
+def build_set_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The encoder a config describes: SNE, or the DeepSets baseline for blocks "deepsets"."""
+    return DeepSets(cfg) if cfg.blocks == "deepsets" else SNE(cfg)
+
+
 class SNE(nn.Module):
     """Set-based neural network encoder + property head over a packed batch from collate_chunk_records.
 
@@ -439,14 +515,4 @@ class SNE(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Predicted property (B,) for a packed batch."""
-        z = self.embed(batch)
-        if self.training and z.shape[0] < 2 and isinstance(self.embedding_norm, nn.BatchNorm1d):
-            # One checkpoint has no batch spread to standardise by (the last batch of an epoch can be
-            # this small): use the running statistics, as in evaluation, instead of failing.
-            norm = self.embedding_norm
-            z = F.batch_norm(
-                z, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps
-            )
-        else:
-            z = self.embedding_norm(z)
-        return self.head(z)[:, 0]
+        return _predict(self, self.embed(batch))

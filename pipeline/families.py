@@ -621,11 +621,12 @@ def checkpoint_from_module(
     architecture: str | dict[str, Any],
     properties: dict[str, float] | None = None,
     hyperparameters: dict[str, Any] | None = None,
+    run: str = "",
 ) -> Checkpoint:
     """A Checkpoint holding the module's weights; the architecture JSON goes in hyperparameters."""
     arch = architecture if isinstance(architecture, str) else architecture_json(architecture)
     hyper = {**(hyperparameters or {}), "architecture": arch}
-    return Checkpoint(id, family, dataset, layers_from_module(module), dict(properties or {}), hyper)
+    return Checkpoint(id, family, dataset, layers_from_module(module), dict(properties or {}), hyper, run)
 
 
 def _copy(target: torch.Tensor, value: np.ndarray, what: str) -> None:

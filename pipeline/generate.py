@@ -321,6 +321,7 @@ def _train_classifier(spec: dict[str, Any]) -> list[Checkpoint]:
                         "train_loss": train_loss,
                     },
                     hyperparameters={**record, **extra, "num_params": num_params},
+                    run=spec["id"] if spec.get("snapshots") else "",
                 )
             )
 

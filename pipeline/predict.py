@@ -19,7 +19,7 @@ import torch
 from pipeline import storage
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
-from pipeline.encoder import SNE, EncoderConfig
+from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_peers, load_training_ids
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
@@ -27,7 +27,7 @@ from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
 
 
-def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, dict]:
+def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.nn.Module, dict]:
     """An encoder from an MLflow run id (or ``runs:/<id>/encoder``), a registered model (``models:/NAME/VERSION``,
     ``/latest`` or ``@ALIAS``) or a folder URI of exported files.
 
@@ -61,7 +61,7 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[SNE, di
         "probe_summary": False,
         "peer_agreement": False,
     }
-    sne = SNE(EncoderConfig(**{**older, **meta["encoder"]}))
+    sne = build_set_encoder(EncoderConfig(**{**older, **meta["encoder"]}))
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     # Encoders exported before the input scaling read their side inputs through asinh alone: the identity
     # scaling a fresh encoder holds.

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from pipeline.collate import collate_chunk_records, records_from_batch
 from pipeline.config import TrainConfig, from_dict
-from pipeline.encoder import SNE, EncoderConfig
+from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics
 from pipeline.invariance import logit_invariance_loss, permute_record
 from pipeline.runtime import bound_allocator_memory
@@ -62,9 +62,9 @@ def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> Encod
     )
 
 
-def build_encoder(config: TrainConfig, datasets: tuple[str, ...] = ()) -> SNE:
+def build_encoder(config: TrainConfig, datasets: tuple[str, ...] = ()) -> torch.nn.Module:
     torch.manual_seed(config.seed)
-    return SNE(encoder_config(config, datasets))
+    return build_set_encoder(encoder_config(config, datasets))
 
 
 def collate(records: list[dict], config: TrainConfig) -> dict:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.baselines import STATNN, statnn_features
+from pipeline.baselines import baseline_row, fit_baseline
 from pipeline.chunking import chunk_checkpoint
 from pipeline.config import PRESETS, from_dict
 from pipeline.evaluation import regression_metrics
@@ -99,10 +99,11 @@ def _batches(records: list[dict], size: int = 64):
 
 
 def statnn(records: dict[str, list[dict]], prop: str, seed: int) -> float:
-    rows = {k: [statnn_features(r) for r in v] for k, v in records.items()}
-    y = {k: np.array([r[prop] for r in v]) for k, v in records.items()}
-    model = STATNN(seed).fit(rows["train"], y["train"])
-    return round(regression_metrics(model.predict(rows["test"]), y["test"])["kendall_tau"], 4)
+    rows = {str(r["id"]): baseline_row(r, prop) for v in records.values() for r in v}
+    assignment = {str(r["id"]): split for split, v in records.items() for r in v}
+    pred = fit_baseline("statnn", rows, assignment, seed)
+    y = np.array([rows[i]["target"] for i in pred])
+    return round(regression_metrics(np.array(list(pred.values())), y)["kendall_tau"], 4)
 
 
 def main() -> None:
@@ -137,6 +138,7 @@ def main() -> None:
         [r["family"] for r in records],
         [r["dataset"] for r in records],
         seed=args.split_seed,
+        runs=[r["run"] for r in records],
     )
     split = {s: [r for r in records if assignment[r["id"]] == s] for s in ("train", "val", "test")}
     if args.rank_target:

@@ -83,6 +83,13 @@ class Checkpoint:
     layers: list[Layer]
     properties: dict[str, float] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # The training run this checkpoint is a step of (several steps of one run share it); "" for its own id.
+    # Splits keep a run's checkpoints on one side.
+    run: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.run or self.id
 
     @property
     def num_params(self) -> int:

@@ -285,6 +285,9 @@ def _checkpoint_from_row(row: dict, tensors: dict[str, np.ndarray], shard: str) 
         return Rejection(
             cid, f"tensor bytes in shards/{shard}.safetensors do not match the manifest's sha256 (corrupt)"
         )
+    run = row.get("run")
+    if run is not None and not isinstance(run, str):
+        raise TypeError(f"run is {type(run).__name__} {run!r}, not a string")
     checkpoint = Checkpoint(
         id=cid,
         family=row["family"],
@@ -292,6 +295,7 @@ def _checkpoint_from_row(row: dict, tensors: dict[str, np.ndarray], shard: str) 
         layers=layers,
         properties=with_generalization_gap(properties),
         hyperparameters=hyperparameters,
+        run=run or "",
     )
     if row["num_params"] != checkpoint.num_params:
         return Rejection(
@@ -315,7 +319,10 @@ def _ensure_zoo_json(zoo_uri: str) -> None:
 
 def _manifest_table(shard_name: str, checkpoints: list[Checkpoint]) -> pa.Table:
     property_names = sorted({name for c in checkpoints for name in c.properties})
+    # The optional run column appears only where some checkpoint is one step of a longer run.
+    with_runs = any(c.run for c in checkpoints)
     columns: dict[str, list] = {name: [] for name in FIXED_COLUMNS}
+    columns |= {"run": []} if with_runs else {}
     columns |= {PROPERTY_PREFIX + name: [] for name in property_names}
     for c in checkpoints:
         columns["id"].append(c.id)
@@ -335,6 +342,8 @@ def _manifest_table(shard_name: str, checkpoints: list[Checkpoint]) -> pa.Table:
         columns["layers"].append(json.dumps(layers))
         columns["hyperparameters"].append(json.dumps(c.hyperparameters, sort_keys=True))
         columns["sha256"].append(tensor_digest(c.layers))
+        if with_runs:
+            columns["run"].append(c.run or None)
         for name in property_names:
             value = c.properties.get(name)
             columns[PROPERTY_PREFIX + name].append(None if value is None else float(value))
@@ -348,6 +357,7 @@ def _manifest_table(shard_name: str, checkpoints: list[Checkpoint]) -> pa.Table:
             ("layers", pa.string()),
             ("hyperparameters", pa.string()),
             ("sha256", pa.string()),
+            *([("run", pa.string())] if with_runs else []),
             *[(PROPERTY_PREFIX + name, pa.float64()) for name in property_names],
         ],
         metadata={"format": FORMAT_NAME, "version": str(VERSION)},

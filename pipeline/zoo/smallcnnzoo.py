@@ -366,6 +366,7 @@ def _folder_parts(
                 "family": family,
                 "rows": rows,
                 "ids": [ids[r] for r in rows],
+                "runs": [f"{datasets[r]}/{modeldirs[r]}" for r in rows],
                 "datasets": [datasets[r] for r in rows],
                 "properties": {c: [v[r] for r in rows] for c, v in prop_values.items()},
                 "hyperparameters": {k: [v[r] for r in rows] for k, v in hyper_values.items()},
@@ -447,6 +448,7 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
             layers=layers,
             properties=with_generalization_gap(properties),
             hyperparameters=hyperparameters,
+            run=part["runs"][i],
         )
         reason = validate(checkpoint)
         yield Rejection(cid, reason) if reason else checkpoint

@@ -16,6 +16,7 @@ file needing anything else is rejected with the name of what it asked for, never
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -69,7 +70,9 @@ def list_zoo(uri: str, steps: str = "final") -> ZooListing:
         for folder in folders if steps == "all" else folders[-1:]:
             rel = f"{run}/{folder}/{CHECKPOINT_FILE}"
             outside = storage.link_outside(root, posixpath.join(root, rel), found[rel])
-            entries.append({"id": printable(f"{run}/{folder}"), "file": rel, "outside": outside})
+            entries.append(
+                {"id": printable(f"{run}/{folder}"), "run": printable(run), "file": rel, "outside": outside}
+            )
     stamps = [(e["file"], int(found[e["file"]]["size"]), file_stamp(found[e["file"]])) for e in entries]
     parts = [
         {
@@ -101,6 +104,7 @@ def read_part(part: dict) -> Iterator[Checkpoint | Rejection]:
             continue
         item = _checkpoint(entry["id"], blob)
         if isinstance(item, Checkpoint):
+            item = dataclasses.replace(item, run=entry["run"])
             reason = validate(item)
             item = Rejection(item.id, reason) if reason else item
         yield item

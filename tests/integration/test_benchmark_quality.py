@@ -25,16 +25,15 @@ def _base(bucket, tmp_path):
 
 def test_random_protocol_runs_each_model_and_seed_on_the_same_split(tiny_zoo, tmp_path):
     base = _base(tiny_zoo, tmp_path)
-    summary = run_benchmark(
-        base.zoo, "random", ["paper", "statnn", "mean"], 2, base, epochs=1, log=lambda _: None
-    )
+    models = ["paper", "deepsets", "statnn", "statnn-side", "mean"]
+    summary = run_benchmark(base.zoo, "random", models, 2, base, epochs=1, log=lambda _: None)
 
-    assert summary["protocol"] == "random" and set(summary["models"]) == {"paper", "statnn", "mean"}
+    assert summary["protocol"] == "random" and list(summary["models"]) == models
     for name, model in summary["models"].items():
         assert {"tau_mean", "tau_std", "r2_mean", "per_dataset", "seeds"} <= set(model), name
         assert [r["seed"] for r in model["seeds"]] == [0, 1]
-    assert math.isfinite(summary["models"]["paper"]["tau_mean"])
-    assert math.isfinite(summary["models"]["statnn"]["tau_mean"])
+    for name in ("paper", "deepsets", "statnn", "statnn-side"):
+        assert math.isfinite(summary["models"][name]["tau_mean"]), name
     # Two seeds of the same model train two different encoders on the same networks.
     paper = summary["models"]["paper"]["seeds"]
     assert paper[0]["kendall_tau"] != paper[1]["kendall_tau"] or paper[0]["mse"] != paper[1]["mse"]
@@ -46,7 +45,7 @@ def test_random_protocol_runs_each_model_and_seed_on_the_same_split(tiny_zoo, tm
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'"
     )
-    assert len(children) == 6 and all("test_kendall_tau" in c.data.metrics for c in children)
+    assert len(children) == 10 and all("test_kendall_tau" in c.data.metrics for c in children)
     assert "| paper |" in format_markdown(summary, 2)
 
 
@@ -58,3 +57,12 @@ def test_cross_dataset_protocol_fills_the_train_test_matrix(tiny_zoo, tmp_path):
     for cell in cells:  # each training dataset is tested on every other one
         assert set(summary["models"]["statnn"]["per_cell"][cell]["per_dataset"]) == set(cells) - {cell}
     assert "trained on (rows)" in format_markdown(summary, 1)
+
+
+def test_the_mlp_baseline_refuses_a_zoo_of_several_architectures_before_any_run(tiny_zoo, tmp_path):
+    base = _base(tiny_zoo, tmp_path)
+    with pytest.raises(ValueError, match="one architecture"):
+        run_benchmark(base.zoo, "random", ["statnn", "mlp"], 1, base, log=lambda _: None)
+    client = tracking._client(base.tracking_uri)
+    experiment = client.get_experiment_by_name(base.experiment)
+    assert experiment is None or not client.search_runs([experiment.experiment_id])

@@ -8,16 +8,24 @@ import torch
 
 from pipeline import families
 from pipeline.baselines import (
+    BASELINE_MODELS,
     LAYER_QUANTILES,
     LAYER_SUMMARY,
     LINK_SUMMARY,
     STATNN_QUANTILES,
+    STATS_PER_TENSOR,
+    FeatureLayout,
+    baseline_row,
+    fit_baseline,
+    layer_roles,
     layer_set_features,
     layer_summary,
     link_summaries,
     quantiles,
     state_features,
 )
+from pipeline.chunking import chunk_checkpoint
+from pipeline.evaluation import regression_metrics
 
 
 def _mlp_state(seed: int) -> dict[str, np.ndarray]:
@@ -138,3 +146,83 @@ def test_quantiles_match_numpy():
         x = rng.normal(size=n)
         for q in (LAYER_QUANTILES, STATNN_QUANTILES):
             np.testing.assert_allclose(quantiles(x, q), np.quantile(x, q))
+
+
+def test_statnn_aligns_tensors_by_layer_role_so_families_share_their_head():
+    assert layer_roles(["conv2d", "norm", "norm_stats", "conv2d", "linear", "linear"]) == [
+        "conv[0]", "norm[0]", "norm_stats[0]", "conv[1]", "linear[-2]", "linear[-1]",
+    ]  # fmt: skip
+    assert layer_roles(["linear"] * 3) == ["linear[-3]", "linear[-2]", "linear[-1]"]
+
+
+def _scaled_zoo(count: int, mixed: bool = False) -> tuple[dict[str, dict], dict[str, str]]:
+    """Untrained MLPs (and, if ``mixed``, CNNs) whose weights are scaled by a factor that is the target,
+    half on each of two datasets; ids split 40/20/40 into train, val and test."""
+    rng = np.random.default_rng(0)
+    mlp = {"family": "mlp", "input_shape": [6], "ops": [
+        {"op": "linear", "in": 6, "out": 8}, {"op": "relu"}, {"op": "linear", "in": 8, "out": 3},
+    ]}  # fmt: skip
+    cnn = {"family": "cnn", "input_shape": [1, 6, 6], "ops": [
+        {"op": "conv2d", "in": 1, "out": 4, "kernel": 3, "stride": 1, "padding": 0}, {"op": "relu"}, {"op": "gap"},
+        {"op": "linear", "in": 4, "out": 3},
+    ]}  # fmt: skip
+    rows, assignment = {}, {}
+    for i in range(count):
+        arch = cnn if mixed and i % 2 else mlp
+        torch.manual_seed(i)
+        module = families.build_module(arch)
+        scale = float(rng.uniform(0.5, 2.0))
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(scale)
+        checkpoint = families.checkpoint_from_module(
+            module, id=f"n{i:03d}", family=arch["family"], dataset="ab"[i % 2], architecture=arch,
+            properties={"test_accuracy": scale},
+        )  # fmt: skip
+        rows[checkpoint.id] = baseline_row(chunk_checkpoint(checkpoint, 8), "test_accuracy", flat=True)
+        assignment[checkpoint.id] = "train" if i < 0.4 * count else "val" if i < 0.6 * count else "test"
+    return rows, assignment
+
+
+@pytest.mark.parametrize("model", BASELINE_MODELS)
+def test_each_feature_baseline_learns_on_train_chooses_on_val_and_never_reads_test_targets(model):
+    rows, assignment = _scaled_zoo(100)
+    pred = fit_baseline(model, rows, assignment, seed=0)
+    test = sorted(i for i, s in assignment.items() if s == "test")
+    assert sorted(pred) == test
+    tau = regression_metrics(np.array([pred[i] for i in test]), np.array([rows[i]["target"] for i in test]))
+    assert tau["kendall_tau"] > 0.6, tau
+    hidden = {i: {**r, "target": 0.0} if assignment[i] == "test" else r for i, r in rows.items()}
+    assert fit_baseline(model, hidden, assignment, seed=0) == pred
+
+
+def test_statnn_reads_mixed_families_and_mlp_refuses_them():
+    rows, assignment = _scaled_zoo(60, mixed=True)
+    assert len(fit_baseline("statnn", rows, assignment, seed=0)) == 24
+    # Cross-architecture: the conv roles only the test networks have are not read; the shared head is.
+    cnn_test = {
+        i: "test" if rows[i]["architecture"] != rows["n000"]["architecture"] else s
+        for i, s in assignment.items()
+    }
+    for model in ("statnn", "statnn-side"):
+        assert len(fit_baseline(model, rows, cnn_test, seed=0)) == 24 + 18
+    with pytest.raises(ValueError, match="one architecture"):
+        fit_baseline("mlp", rows, assignment, seed=0)
+
+
+def test_statnn_side_reads_the_probe_and_dataset_that_plain_statnn_does_not():
+    rows, assignment = _scaled_zoo(100)
+    for row in rows.values():  # a target the weights do not show: the dataset's level
+        row["target"] = 1.0 if row["dataset"] == "a" else 0.0
+        row["target"] += 0.01 * float(row["probe"][0])
+    layout = FeatureLayout(list(rows.values()), side=True)
+    x = layout.matrix(list(rows.values()))
+    assert x.shape[1] == STATS_PER_TENSOR * len(layout.roles) + len(next(iter(rows.values()))["probe"]) + 2
+    test = [i for i, s in assignment.items() if s == "test"]
+    y = np.array([rows[i]["target"] for i in test])
+
+    def tau(model):
+        pred = fit_baseline(model, rows, assignment, seed=0)
+        return regression_metrics(np.array([pred[i] for i in test]), y)["kendall_tau"]
+
+    assert tau("statnn-side") > tau("statnn") + 0.3

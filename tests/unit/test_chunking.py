@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 
@@ -160,3 +161,29 @@ def test_unchunk_rejects_inconsistent_masks_and_versions():
         unchunk_record(broken)
     with pytest.raises(ValueError, match="schema version"):
         unchunk_record(dict(record, schema_version=SCHEMA_VERSION + 1))
+
+
+def test_no_field_but_the_property_columns_carries_a_target():
+    """An INR is generated from its frequency and amplitude; a record must not hand them to a model through
+    its hyperparameters. Checked on real generated networks of each kind."""
+    from pipeline.generate import plan, train_checkpoint
+
+    specs = plan("demo", count=2) + plan("inr", count=2)
+    for spec in specs:
+        for checkpoint in train_checkpoint(spec):
+            record = chunk_checkpoint(checkpoint, 16)
+            targets = {name: record[name] for name in PROPERTY_COLUMNS if record[name] is not None}
+            assert targets, spec["id"]
+            others = {k: v for k, v in record.items() if k not in PROPERTY_COLUMNS and k != "hyperparameters"}
+            hyper = json.loads(record["hyperparameters"])
+            assert not set(hyper) & set(PROPERTY_COLUMNS), hyper
+            for name, value in targets.items():
+                carried = [k for k, v in {**others, **hyper}.items() if isinstance(v, float) and v == value]
+                assert not carried, f"{spec['id']}: {name} = {value} also in {carried}"
+
+
+def test_run_column_defaults_to_the_id_and_survives_parquet():
+    record = chunk_checkpoint(_checkpoint(), 8)
+    assert record["run"] == "ck-1"
+    stepped = dataclasses.replace(_checkpoint(), id="r7/step20", run="r7")
+    assert checkpoint_from_record(_via_parquet(chunk_checkpoint(stepped, 8))).run_id == "r7"

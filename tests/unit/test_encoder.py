@@ -7,7 +7,7 @@ import torch
 
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import collate_chunk_records
-from pipeline.encoder import SNE, EncoderConfig, InputScaling
+from pipeline.encoder import SNE, DeepSets, EncoderConfig, InputScaling, build_set_encoder
 from pipeline.evaluation import regression_metrics
 from pipeline.probes import PROBE_FEATURES
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
@@ -511,3 +511,31 @@ def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
     torch.testing.assert_close(loaded.probe_scaling.scale, torch.ones(PROBE_FEATURES))
     batch = _batch(_mixed_checkpoints())
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
+
+
+DEEPSETS = dataclasses.replace(SMALL, blocks="deepsets")
+
+
+def test_deepsets_sees_one_set_of_weights_whatever_their_layers_order_or_chunking():
+    torch.manual_seed(0)
+    encoder = build_set_encoder(DEEPSETS).eval()
+    assert isinstance(encoder, DeepSets)
+    checkpoints = _mixed_checkpoints()
+    with torch.no_grad():
+        together = encoder(_batch(checkpoints))
+        alone = torch.stack([encoder(_batch([c]))[0] for c in checkpoints])
+        torch.testing.assert_close(together, alone)
+        # Layers in another order and another chunk size: the same set of elements.
+        cnn = checkpoints[1]
+        shuffled = dataclasses.replace(cnn, layers=cnn.layers[::-1])
+        torch.testing.assert_close(encoder(_batch([shuffled], chunk_size=7))[0], alone[1])
+        # ... while other weights give another prediction.
+        other = _mixed_checkpoints(seed=1)[1]
+        assert not torch.allclose(encoder(_batch([other]))[0], alone[1])
+
+
+def test_deepsets_trains_every_parameter():
+    torch.manual_seed(0)
+    encoder = build_set_encoder(DEEPSETS).train()
+    encoder(_batch(_mixed_checkpoints())).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())

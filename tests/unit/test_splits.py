@@ -66,3 +66,26 @@ def test_unknown_group_and_empty_split_are_clear_errors():
         )
     with pytest.raises(ValueError, match="would be empty"):
         assign_splits(IDS[:2], FAMILIES[:2], DATASETS[:2])
+
+
+@pytest.mark.parametrize("task", ["random", "cross-dataset"])
+def test_every_step_of_a_training_run_lands_on_one_side(task):
+    # 40 runs of 5 stored steps each, as a Small CNN Zoo read with steps="all".
+    ids = [f"run{r:02d}/step{s}" for r in range(40) for s in range(5)]
+    runs = [i.split("/")[0] for i in ids]
+    datasets = ["digits" if int(i[3:5]) % 2 else "shapes" for i in ids]
+    cross = {"train_datasets": ("digits",), "test_datasets": ("shapes",)} if task == "cross-dataset" else {}
+    a = assign_splits(ids, ["cnn"] * len(ids), datasets, task, runs=runs, **cross)
+    sides: dict[str, set[str]] = {}
+    for i, side in a.items():
+        sides.setdefault(i.split("/")[0], set()).add(side)
+    assert all(len(s) == 1 for s in sides.values()), sides
+    assert {s for v in sides.values() for s in v} == {"train", "val", "test"}
+    if task == "random":  # whole runs still make the peers' half for test
+        assert list(a.values()).count("test") == 100
+
+
+def test_runs_of_one_checkpoint_each_split_as_ids_do():
+    assert assign_splits(IDS, FAMILIES, DATASETS, runs=IDS, seed=5) == assign_splits(
+        IDS, FAMILIES, DATASETS, seed=5
+    )

@@ -178,6 +178,8 @@ def test_steps_final_keeps_step_86_and_all_keeps_every_row(tmp_path):
     everything, _, listing_all = read_all(str(tmp_path / "z"), steps="all")
     assert len(everything) == 9 and everything[1].id == "digits/run0/step20"
     assert listing_all.fingerprint != listing.fingerprint
+    # The steps of one run share its run, so a split keeps them on one side.
+    assert [c.run_id for c in everything] == [f"digits/run{r}" for r in range(3) for _ in range(3)]
 
 
 def test_row_range_parts_read_the_right_rows(tmp_path, monkeypatch):

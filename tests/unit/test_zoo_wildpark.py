@@ -40,6 +40,7 @@ def test_wild_park_runs_are_read_rebuilt_probed_and_permuted(tmp_path):
             )
     assert detect_format(str(tmp_path)) == "wildpark"
     assert open_zoo(str(tmp_path), steps="all").num_listed == 4
+    assert sorted(c.run_id for c in read_zoo(str(tmp_path), steps="all")) == ["run0"] * 2 + ["run1"] * 2
 
     read = {c.id: c for c in read_zoo(str(tmp_path))}
     assert sorted(read) == ["run0/checkpoint_10", "run1/checkpoint_10"]
