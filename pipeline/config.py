@@ -61,6 +61,7 @@ class TrainConfig:
     inducing_points: int = 8
     chunk_micro_batch: int = 4096
     positional_encoding: bool = True
+    hierarchy: bool = True  # chunk → layer → network stages (see EncoderConfig); False is the paper's ablation
     blocks: str = "compact"  # set-block arrangement (see EncoderConfig)
     element_projection: str = "random_features"  # how a chunk element becomes a vector (see EncoderConfig)
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
@@ -191,6 +192,7 @@ FIELD_HELP = {
     "blocks": "set-block arrangement: paper (two SABs per stage, SABs over a layer's chunks), compact (fewer blocks, induced attention over a layer's chunks: linear in its size) or deepsets (the DeepSets baseline: one set of all weights, no attention)",
     "element_projection": "how a chunk element becomes a vector: linear, or random_features (an MLP whose first layer starts as random features, so a weight's magnitude survives the first LayerNorm)",
     "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
+    "hierarchy": "encode chunks, then layers, then the network; off pools all of a network's chunks at once (the paper's ablation, with --no-positional-encoding and --no-layer-statistics)",
     "embedding_norm": "batch-standardise the network embedding before the head",
     "layer_statistics": "add a summary of each layer's values to its vector (an addition to the paper's SNE; --preset paper turns it off)",
     "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",

@@ -51,6 +51,7 @@ def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> Encod
         inducing_points=config.inducing_points,
         chunk_micro_batch=config.chunk_micro_batch,
         positional_encoding=config.positional_encoding,
+        hierarchy=config.hierarchy,
         blocks=config.blocks,
         element_projection=config.element_projection,
         embedding_norm=config.embedding_norm,

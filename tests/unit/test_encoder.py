@@ -151,6 +151,38 @@ def test_positional_encoding_switch():
     torch.testing.assert_close(_embed(without, shuffled), out)  # depth is not seen at all
 
 
+@pytest.mark.parametrize("blocks", ["paper", "compact"])
+def test_without_the_hierarchy_a_network_is_one_set_of_chunks_whatever_their_layer(blocks):
+    cfg = dataclasses.replace(
+        SMALL, blocks=blocks, hierarchy=False, positional_encoding=False, layer_statistics=False
+    )
+    encoder = _encoder(cfg)
+    assert encoder.network_pma is None and encoder.merge_sab is None and encoder.bias_layers is None
+    checkpoints = _mixed_checkpoints()
+    batch = _batch(checkpoints)
+    out = _embed(encoder, batch)
+    alone = torch.cat([_embed(encoder, _batch([c])) for c in checkpoints])
+    torch.testing.assert_close(out, alone, rtol=1e-4, atol=1e-5)
+    # Rows r1, r2 | r3 against r1 | r2, r3 (one chunk per row): the same chunks in other layers are the
+    # same network without the hierarchy, and another one with it.
+    rows = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+    acc = {"test_accuracy": 0.5}
+    split_a = Checkpoint(
+        "a", "mlp", "digits", [Layer("0", "linear", rows[:2]), Layer("1", "linear", rows[2:])], acc
+    )
+    split_b = Checkpoint(
+        "b", "mlp", "digits", [Layer("0", "linear", rows[:1]), Layer("1", "linear", rows[1:])], acc
+    )
+    torch.testing.assert_close(_embed(encoder, _batch([split_a])), _embed(encoder, _batch([split_b])))
+    staged = _encoder(dataclasses.replace(cfg, hierarchy=True))
+    assert not torch.allclose(_embed(staged, _batch([split_a])), _embed(staged, _batch([split_b])), atol=1e-4)
+    encoder.train()
+    encoder(batch).sum().backward()
+    assert all(p.grad is not None for p in encoder.parameters())
+    with pytest.raises(ValueError, match="layer_statistics=False"):
+        EncoderConfig(hierarchy=False)
+
+
 @pytest.mark.parametrize(
     "kind, key, unread",
     [
