@@ -31,9 +31,9 @@ import numpy as np
 from pipeline import storage, tracking
 from pipeline.baselines import BASELINE_MODELS, check_one_architecture, fit_baseline
 from pipeline.config import PRESETS, TrainConfig
-from pipeline.data import prepare_chunk_records, read_record_index
+from pipeline.data import read_record_index
+from pipeline.driver import baseline_rows, prepare_records, run_training, split_records
 from pipeline.evaluation import regression_metrics
-from pipeline.splits import assign_splits
 
 PROTOCOLS = ("random", "cross-dataset", "cross-architecture")
 SNE_MODELS = {"paper": "paper", "sne": "extended", "deepsets": "deepsets"}  # model → TrainConfig preset
@@ -127,14 +127,7 @@ def run_benchmark(
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     tracking_uri = tracking.resolve_tracking_uri(base.tracking_uri)
-    prepared = prepare_chunk_records(
-        zoo,
-        base.chunk_size,
-        cache_root=storage.join(base.storage, "chunk-records"),
-        format=base.format,
-        steps=base.steps,
-        epoch=base.zoo_epoch,
-    )
+    prepared = prepare_records(dataclasses.replace(base, zoo=zoo))
     table = read_record_index(prepared.output, ("id", "family", "dataset", "run", base.property))
     rows = table.to_pylist()
     index = {
@@ -143,8 +136,6 @@ def run_benchmark(
     cells = protocol_cells(protocol, [r["dataset"] for r in rows], [r["family"] for r in rows])
     feature_rows = None
     if set(models) & set(BASELINE_MODELS):
-        from pipeline.driver import baseline_rows
-
         # One pass over the records serves every cell and seed of every feature baseline.
         feature_rows = baseline_rows(prepared.output, set(index), base.property, flat="mlp" in models)
         if "mlp" in models:
@@ -163,14 +154,7 @@ def run_benchmark(
     results: list[dict] = []
     try:
         for cell in cells:
-            assignment = assign_splits(
-                [r["id"] for r in rows],
-                [r["family"] for r in rows],
-                [r["dataset"] for r in rows],
-                seed=base.split_seed,
-                runs=[r["run"] for r in rows],
-                **cell.split,
-            )
+            assignment, _ = split_records(base, prepared.output, **cell.split)
             test = {i: index[i] for i, s in assignment.items() if s == "test"}
             for seed in range(seeds):
                 for model in models:
@@ -245,8 +229,6 @@ KEPT_FROM_BASE = (
 
 
 def _train(config: TrainConfig, parent: str) -> dict:
-    from pipeline.driver import run_training
-
     return run_training(config, parent_run_id=parent, progress=False, log=lambda _: None)
 
 

@@ -61,7 +61,9 @@ class TrainConfig:
     inducing_points: int = 8
     chunk_micro_batch: int = 4096
     positional_encoding: bool = True
-    hierarchy: bool = True  # chunk → layer → network stages (see EncoderConfig); False is the paper's ablation
+    hierarchy: bool = (
+        True  # chunk → layer → network stages (see EncoderConfig); False is the paper's ablation
+    )
     blocks: str = "compact"  # set-block arrangement (see EncoderConfig)
     element_projection: str = "random_features"  # how a chunk element becomes a vector (see EncoderConfig)
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)

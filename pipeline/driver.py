@@ -248,6 +248,51 @@ def log_kept_results(results_uri: str, tracking_uri: str | None = None) -> dict:
     return {"run_id": run_id, "model_uri": model_uri, "tracking_uri": tracking_uri}
 
 
+def prepare_records(config: TrainConfig):
+    """The config's zoo as chunk records at its chunk size (cached under its storage): ``PreparedRecords``."""
+    return prepare_chunk_records(
+        config.zoo,
+        config.chunk_size,
+        cache_root=storage.join(config.storage, "chunk-records"),
+        format=config.format,
+        steps=config.steps,
+        epoch=config.zoo_epoch,
+    )
+
+
+def split_records(config: TrainConfig, records_uri: str, **task) -> tuple[dict[str, str], pa.Table]:
+    """The config's split of the records (``{id: "train"|"val"|"test"}``; ``task`` overrides the config's
+    task fields) and the index it was made from (id, family, dataset, run, the property). ValueError when a
+    checkpoint lacks the property."""
+    index = read_record_index(records_uri, ("id", "family", "dataset", "run", config.property))
+    values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)
+    ids = index.column("id").to_pylist()
+    missing = [i for i, v in zip(ids, values, strict=True) if not np.isfinite(v)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} checkpoint(s) lack property {config.property!r} (e.g. {missing[:3]}); "
+            "choose another --property or a zoo that records it"
+        )
+    fields = {
+        "task": config.task,
+        "train_datasets": config.train_datasets,
+        "test_datasets": config.test_datasets,
+        "train_families": config.train_families,
+        "test_families": config.test_families,
+        "test_fraction": config.test_fraction,
+        **task,
+    }
+    assignment = assign_splits(
+        ids,
+        index.column("family").to_pylist(),
+        index.column("dataset").to_pylist(),
+        seed=config.split_seed,
+        runs=index.column("run").to_pylist(),
+        **fields,
+    )
+    return assignment, index
+
+
 def run_training(
     config: TrainConfig | dict,
     *,
@@ -275,41 +320,15 @@ def run_training(
     started = time.time()
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
 
-    prepared = prepare_chunk_records(
-        config.zoo,
-        config.chunk_size,
-        cache_root=storage.join(config.storage, "chunk-records"),
-        format=config.format,
-        steps=config.steps,
-        epoch=config.zoo_epoch,
-    )
+    prepared = prepare_records(config)
     log(
         f"chunk records: {prepared.records} ({prepared.rejected} rejected; {prepared.probed} with a probe"
         f" of what the network computes) at {prepared.output}"
         + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
     )
-    index = read_record_index(prepared.output, ("id", "family", "dataset", "run", config.property))
+    assignment, index = split_records(config, prepared.output)
     values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)
     ids = index.column("id").to_pylist()
-    missing = [i for i, v in zip(ids, values, strict=True) if not np.isfinite(v)]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} checkpoint(s) lack property {config.property!r} (e.g. {missing[:3]}); "
-            "choose another --property or a zoo that records it"
-        )
-    assignment = assign_splits(
-        ids,
-        index.column("family").to_pylist(),
-        index.column("dataset").to_pylist(),
-        config.task,
-        train_datasets=config.train_datasets,
-        test_datasets=config.test_datasets,
-        train_families=config.train_families,
-        test_families=config.test_families,
-        seed=config.split_seed,
-        test_fraction=config.test_fraction,
-        runs=index.column("run").to_pylist(),
-    )
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
     in_train = [assignment.get(i) == "train" for i in ids]
     train_values = values[in_train]
@@ -421,6 +440,8 @@ def run_training(
         "best_val_kendall_tau": returned["best_val_kendall_tau"],
         "best_epoch": returned["best_epoch"],  # 0-based, like the MLflow step of the per-epoch metrics
     }
+    if result.metrics:  # the last epoch's training pass, slowest worker (research/benchmark_train.py)
+        final["last_epoch_train_seconds"] = result.metrics.get("train_epoch_seconds")
     if config.invariance_weight > 0 and result.metrics:
         # How many training networks had no known function-preserving permutation (pipeline.invariance).
         final["train_networks_without_invariance"] = result.metrics.get(

@@ -285,9 +285,18 @@ def sample_architecture(
 
 
 def _conv(
-    op: str, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True
+    op: str,
+    cin: int,
+    cout: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = True,
+    groups: int = 1,
 ) -> dict[str, Any]:
     spec = {"op": op, "in": cin, "out": cout, "kernel": kernel, "stride": stride, "padding": padding}
+    if groups != 1:  # grouped; depthwise when groups == in == out
+        spec["groups"] = groups
     return spec if bias else {**spec, "bias": False}  # a conv before a batch norm needs no bias
 
 
@@ -459,10 +468,18 @@ def _module_for_op(spec: dict[str, Any]) -> nn.Module:
             spec["kernel"],
             spec["stride"],
             spec["padding"],
+            groups=spec.get("groups", 1),
             bias=spec.get("bias", True),
         )
     if op == "conv1d":
-        return nn.Conv1d(spec["in"], spec["out"], spec["kernel"], spec["stride"], spec["padding"])
+        return nn.Conv1d(
+            spec["in"],
+            spec["out"],
+            spec["kernel"],
+            spec["stride"],
+            spec["padding"],
+            groups=spec.get("groups", 1),
+        )
     if op == "linear":
         return nn.Linear(spec["in"], spec["out"])
     simple = {

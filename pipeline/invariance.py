@@ -1,8 +1,8 @@
 """Function-preserving permutations of hidden units, and the logit-invariance loss (DESIGN.md, point 6).
 
 A permutation is planned as *unit groups*: a producer layer whose output units move (weight rows, bias),
-the per-channel layers that follow it (batch and layer norms: scale, shift, running statistics) and the
-consumer layer whose inputs move with them; and *head groups*: a self-attention's heads, and the units
+the per-channel layers that follow it (batch and layer norms: scale, shift, running statistics; depthwise
+convs) and the consumer layer whose inputs move with them; and *head groups*: a self-attention's heads, and the units
 inside each head. The plan comes from the checkpoint's architecture when it carries one
 (pipeline.families: units inside a residual block's body are permuted, units tied to a skip are not);
 a checkpoint without one is permuted as a plain stack of conv / linear layers, the layout of every
@@ -61,7 +61,16 @@ def _walk(ops: list[dict[str, Any]], next_index, groups: list[Group]) -> None:
     pending: tuple[int, list[int]] | None = None  # the last producer whose units may still move
     for spec in ops:
         op = spec["op"]
-        if op in _WEIGHTED_OPS:
+        groups_of_conv = int(spec.get("groups", 1)) if op in _WEIGHTED_OPS else 1
+        if groups_of_conv > 1 and groups_of_conv == spec["in"] == spec["out"]:
+            # Depthwise: each channel filtered alone, so it moves with the units it filters, as a norm does.
+            index = next_index()
+            if pending is not None:
+                pending[1].append(index)
+        elif groups_of_conv > 1:  # grouped: a permutation may not carry units across its groups
+            next_index()
+            pending = None
+        elif op in _WEIGHTED_OPS:
             index = next_index()
             if pending is not None:
                 groups.append(UnitGroup(pending[0], tuple(pending[1]), index))

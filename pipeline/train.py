@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -376,6 +377,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
         )
         calibration: list[list[dict]] = []
         steps, largest_shared, largest_network = 0, 0, 0
+        epoch_started = time.perf_counter()
         stream, last = epoch_batches(batches, config), None
         lockstep = config.chunk_budget > 0 and ctx.get_world_size() > 1
         while True:
@@ -401,6 +403,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
                 1, (config.epochs - start_epoch) * steps + scheduler.last_epoch - steps
             )
         recalibrate_embedding_norm(encoder, calibration, config)
+        train_seconds = time.perf_counter() - epoch_started
         val = predict_records(
             encoder, val_shard.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
         )
@@ -424,6 +427,8 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             "train_largest_network_chunks": _over_workers(float(largest_network), "max"),
             # Networks of this epoch that took the task loss alone (no known permutation), all workers.
             "train_networks_without_invariance": _over_workers(sum(m["without_permutation"] for m in losses)),
+            # The epoch's training pass (streaming its shard, the steps, recalibration), slowest worker.
+            "train_epoch_seconds": _over_workers(train_seconds, "max"),
             "val_kendall_tau": tau,
             "val_r2": val_metrics["r2"],
             "val_mse": val_metrics["mse"],

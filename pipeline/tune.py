@@ -8,6 +8,7 @@ starts; trials find them in the cache.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -20,7 +21,8 @@ import numpy as np
 
 from pipeline import storage, tracking
 from pipeline.config import TrainConfig, from_dict, to_dict
-from pipeline.data import prepare_chunk_records, pyarrow_filesystem
+from pipeline.data import pyarrow_filesystem
+from pipeline.driver import prepare_records
 
 METRIC = "val_kendall_tau"
 # A trial's own process only builds the Train run and waits; its workers hold the real CPUs.
@@ -198,14 +200,7 @@ def run_sweep(base: TrainConfig, spec: SweepSpec, log=print) -> dict:
     experiment_path = storage.join(base.storage, "tune", name)
 
     for c in sorted(set(spec.chunk_sizes)):  # once per chunk size, never once per trial
-        s = prepare_chunk_records(
-            base.zoo,
-            c,
-            cache_root=storage.join(base.storage, "chunk-records"),
-            format=base.format,
-            steps=base.steps,
-            epoch=base.zoo_epoch,
-        )
+        s = prepare_records(dataclasses.replace(base, chunk_size=c))
         log(
             f"chunk size {c}: {s.records} chunk records"
             + (" [cached]" if s.reused else f" [{s.seconds:.0f} s]")

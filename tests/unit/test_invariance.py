@@ -334,3 +334,43 @@ def test_a_vision_transformer_permuted_across_and_inside_heads_computes_the_same
     )
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_depthwise_separable_network_moves_each_filtered_channel_with_its_unit_and_grouped_convs_stay():
+    from pipeline import families
+    from pipeline.invariance import random_permutation, unit_groups
+
+    ops = [
+        {"op": "conv2d", "in": 1, "out": 8, "kernel": 3, "stride": 1, "padding": 1},
+        {"op": "batchnorm2d", "channels": 8},
+        {"op": "relu"},
+        {"op": "conv2d", "in": 8, "out": 8, "kernel": 3, "stride": 1, "padding": 1, "groups": 8},  # depthwise
+        {"op": "relu"},
+        {"op": "conv2d", "in": 8, "out": 12, "kernel": 1, "stride": 1, "padding": 0},  # pointwise
+        {"op": "relu"},
+        {"op": "conv2d", "in": 12, "out": 12, "kernel": 3, "stride": 1, "padding": 1, "groups": 3},  # grouped
+        {"op": "relu"},
+        {"op": "gap"},
+        {"op": "linear", "in": 12, "out": 10},
+    ]
+    architecture = {"family": "mobile", "input_shape": [1, 8, 8], "ops": ops}
+    torch.manual_seed(0)
+    module = families.build_module(architecture).train()
+    with torch.no_grad():
+        module(torch.randn(16, 1, 8, 8) + 0.3)  # running statistics away from (0, 1)
+    module.eval()
+    checkpoint = families.checkpoint_from_module(
+        module, id="m", family="mobile", dataset="digits", architecture=architecture
+    )
+    kinds = [(layer.name, tuple(layer.weight.shape)) for layer in checkpoint.layers]
+    assert kinds[3] == ("features.3", (8, 1, 3, 3))  # a depthwise conv reads as a conv2d layer
+    # conv 0 → (its norm, the depthwise conv) → pointwise conv; nothing moves across the grouped conv.
+    assert [(g.producer, g.followers, g.consumer) for g in unit_groups(checkpoint)] == [(0, (1, 2, 3), 4)]
+    permuted = random_permutation(checkpoint, np.random.default_rng(1))
+    assert not np.array_equal(permuted[3].weight, checkpoint.layers[3].weight)
+    x = torch.randn(4, 1, 8, 8)
+    rebuilt = families.module_from_checkpoint(
+        Checkpoint("m", "mobile", "digits", permuted, {}, checkpoint.hyperparameters)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), module(x), atol=1e-5, rtol=1e-5)
