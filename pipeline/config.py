@@ -162,6 +162,20 @@ class TrainConfig:
             raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
         if self.invariance_weight < 0:
             raise ValueError(f"invariance_weight must be >= 0, got {self.invariance_weight}")
+        read_beside_weights = [
+            f"--{name.replace('_', '-')}"
+            for name in ("layer_statistics", "probe_summary", "peer_agreement", "dataset_vectors")
+            if getattr(self, name)
+        ]
+        if self.blocks == "deepsets" and read_beside_weights:
+            raise ValueError(
+                "blocks 'deepsets' reads the weights alone, but this config also reads "
+                f"{', '.join(read_beside_weights)}: use --preset deepsets, or turn them off (--no-...)"
+            )
+        if not self.hierarchy and self.layer_statistics:
+            raise ValueError(
+                "--no-hierarchy has no layer vectors to add a layer summary to: add --no-layer-statistics"
+            )
         return self
 
 

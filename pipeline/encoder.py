@@ -119,6 +119,13 @@ class EncoderConfig:
             raise ValueError(
                 f"element_projection must be one of {ELEMENT_PROJECTIONS}, got {self.element_projection!r}"
             )
+        if self.blocks == "deepsets" and (
+            self.layer_statistics or self.probe_summary or self.peer_agreement or self.datasets
+        ):
+            raise ValueError(
+                "blocks 'deepsets' reads the weights alone: set layer_statistics, probe_summary and "
+                "peer_agreement False and datasets empty"
+            )
         if not self.hierarchy and self.layer_statistics:
             raise ValueError(
                 "hierarchy=False has no layer vectors to add a layer summary to: set layer_statistics=False"
@@ -321,7 +328,7 @@ class DeepSets(nn.Module):
 
     def __init__(self, cfg: EncoderConfig | None = None) -> None:
         super().__init__()
-        self.cfg = cfg = cfg or EncoderConfig(blocks="deepsets")
+        self.cfg = cfg = cfg or EncoderConfig(blocks="deepsets", layer_statistics=False, probe_summary=False)
         d = cfg.hidden
         self.weight_project = nn.Linear(cfg.max_element_size, d)
         self.bias_project = nn.Linear(1, d)

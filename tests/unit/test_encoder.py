@@ -545,7 +545,7 @@ def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
 
 
-DEEPSETS = dataclasses.replace(SMALL, blocks="deepsets")
+DEEPSETS = dataclasses.replace(SMALL, blocks="deepsets", layer_statistics=False, probe_summary=False)
 
 
 def test_deepsets_sees_one_set_of_weights_whatever_their_layers_order_or_chunking():
@@ -564,6 +564,16 @@ def test_deepsets_sees_one_set_of_weights_whatever_their_layers_order_or_chunkin
         # ... while other weights give another prediction.
         other = _mixed_checkpoints(seed=1)[1]
         assert not torch.allclose(encoder(_batch([other]))[0], alone[1])
+
+
+def test_deepsets_refuses_inputs_it_would_not_read():
+    from pipeline.config import PRESETS, from_dict
+
+    with pytest.raises(ValueError, match="weights alone"):
+        dataclasses.replace(SMALL, blocks="deepsets")
+    with pytest.raises(ValueError, match="--probe-summary"):
+        from_dict({"blocks": "deepsets"}, PRESETS["demo"]()).validate()
+    PRESETS["deepsets"]().validate()
 
 
 def test_deepsets_trains_every_parameter():
