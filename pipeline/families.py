@@ -461,8 +461,9 @@ def _as_dict(architecture: str | dict[str, Any]) -> dict[str, Any]:
 
 def _module_for_op(spec: dict[str, Any]) -> nn.Module:
     op = spec["op"]
-    if op == "conv2d":
-        return nn.Conv2d(
+    if op in ("conv1d", "conv2d"):
+        conv = nn.Conv2d if op == "conv2d" else nn.Conv1d
+        return conv(
             spec["in"],
             spec["out"],
             spec["kernel"],
@@ -470,15 +471,6 @@ def _module_for_op(spec: dict[str, Any]) -> nn.Module:
             spec["padding"],
             groups=spec.get("groups", 1),
             bias=spec.get("bias", True),
-        )
-    if op == "conv1d":
-        return nn.Conv1d(
-            spec["in"],
-            spec["out"],
-            spec["kernel"],
-            spec["stride"],
-            spec["padding"],
-            groups=spec.get("groups", 1),
         )
     if op == "linear":
         return nn.Linear(spec["in"], spec["out"])
