@@ -1,6 +1,6 @@
 """Turn a zoo into chunk records (pad → chunk) with Ray Data, cached on storage.
 
-python jobs/prepare.py --zoo URI --chunk-size C [--out URI] [--format auto] [--json PATH]
+python jobs/prepare.py --zoo URI --chunk-size C [--out URI] [--format auto] [--no-probe] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def main() -> None:
         "--steps", default="final", choices=["final", "all"], help="smallcnnzoo, wildpark: which steps"
     )
     p.add_argument("--epoch", type=int, help="modelzoos: which epoch (default: the last)")
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip running the networks on the data-free probes: several times faster, for encoders that read "
+        "the weights alone (--preset paper, weights, deepsets)",
+    )
     add_ray_arguments(p)
     p.add_argument("--json", help="write the summary here as JSON")
     args = p.parse_args()
@@ -43,6 +49,7 @@ def main() -> None:
             format=args.format,
             steps=args.steps,
             epoch=args.epoch,
+            probe=not args.no_probe,
         )
     state = "reused cached" if summary.reused else f"wrote in {summary.seconds:.1f} s"
     print(
@@ -50,14 +57,17 @@ def main() -> None:
         f"(chunk size {summary.chunk_size}, format {summary.format}); {state}: {summary.output}"
     )
     unprobed = summary.records - summary.probed
-    print(
-        f"  {summary.probed} of {summary.records} networks probed (what they compute on data-free inputs)"
-        + (
-            f"; {unprobed} name no runnable architecture, and SNE reads only their weights"
-            if unprobed
-            else ""
+    if not summary.probes:
+        print("  not probed (--no-probe): for encoders that read the weights alone")
+    else:
+        print(
+            f"  {summary.probed} of {summary.records} networks probed (what they compute on data-free inputs)"
+            + (
+                f"; {unprobed} name no runnable architecture, and SNE reads only their weights"
+                if unprobed
+                else ""
+            )
         )
-    )
     for reason, n in sorted(summary.rejected_reasons.items(), key=lambda kv: -kv[1]):
         print(f"  rejected {n}: {reason}")
     if args.json:

@@ -77,6 +77,13 @@ def check_models(models: list[str]) -> list[str]:
     return models
 
 
+def reads_probes(models: list[str]) -> bool:
+    """Whether any of the models reads what the networks compute on the probes."""
+    return "statnn-side" in models or any(
+        PRESETS[SNE_MODELS[m]]().reads_probes() for m in models if m in SNE_MODELS
+    )
+
+
 def score(pred: dict[str, float], test: dict[str, dict]) -> dict:
     """τ, R², MSE over the test networks, and τ per test dataset and per family."""
     ids = sorted(test)
@@ -127,7 +134,7 @@ def run_benchmark(
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     tracking_uri = tracking.resolve_tracking_uri(base.tracking_uri)
-    prepared = prepare_records(dataclasses.replace(base, zoo=zoo))
+    prepared = prepare_records(dataclasses.replace(base, zoo=zoo), probe=reads_probes(models))
     table = read_record_index(prepared.output, ("id", "family", "dataset", "run", base.property))
     rows = table.to_pylist()
     index = {

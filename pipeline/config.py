@@ -113,6 +113,10 @@ class TrainConfig:
     max_failures: int = 2
     statnn: bool = True
 
+    def reads_probes(self) -> bool:
+        """Whether the encoder reads what the networks compute on the probes, so prepare must run them."""
+        return self.probe_summary or self.peer_agreement
+
     def validate(self) -> TrainConfig:
         """Raise ValueError for settings that cannot work together; return self."""
         if self.preset not in PRESETS:

@@ -72,14 +72,17 @@ class PrepareSummary:
     reused: bool = False
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     probed: int = 0  # records with a probe vector (pipeline.probes): their architecture is runnable
+    probes: bool = True  # whether prepare ran the networks on the probes at all (False: --no-probe)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def default_records_uri(cache_root: str, fingerprint: str, chunk_size: int) -> str:
-    """Cache location keyed by what determines the content: zoo, chunk size, schema version."""
-    return storage.join(cache_root, f"{fingerprint[:16]}-c{chunk_size}-v{SCHEMA_VERSION}")
+def default_records_uri(cache_root: str, fingerprint: str, chunk_size: int, probe: bool = True) -> str:
+    """Cache location keyed by what determines the content: zoo, chunk size, schema version, and whether
+    the networks were probed."""
+    name = f"{fingerprint[:16]}-c{chunk_size}-v{SCHEMA_VERSION}"
+    return storage.join(cache_root, name if probe else f"{name}-weights")
 
 
 def pyarrow_filesystem(uri: str):
@@ -109,7 +112,7 @@ def read_completion(records_uri: str) -> dict | None:
     return json.loads(fs.cat_file(path))
 
 
-def _chunk_part(batch: dict, chunk_size: int, records_uri: str) -> Iterator[pa.Table]:
+def _chunk_part(batch: dict, chunk_size: int, records_uri: str, probe: bool) -> Iterator[pa.Table]:
     """Ray Data UDF: one zoo part → chunk records; rejections go beside the output."""
     for part_json, part_index in zip(batch["part"], batch["part_index"], strict=True):
         part = json.loads(part_json)
@@ -120,7 +123,7 @@ def _chunk_part(batch: dict, chunk_size: int, records_uri: str) -> Iterator[pa.T
                 rejected.append({"id": item.id, "reason": item.reason})
                 continue
             assert isinstance(item, Checkpoint)
-            rows.append(chunk_checkpoint(item, chunk_size))
+            rows.append(chunk_checkpoint(item, chunk_size, probe=probe))
             if len(rows) >= ROWS_PER_BLOCK:
                 yield pa.Table.from_pylist(rows, schema=CHUNK_RECORD_SCHEMA)
                 rows = []
@@ -167,8 +170,13 @@ def prepare_chunk_records(
     steps: str = "final",
     epoch: int | None = None,
     parts_in_flight: int | None = None,
+    probe: bool = True,
 ) -> PrepareSummary:
     """Turn a zoo into chunk records on storage with Ray Data; reuse a complete earlier output.
+
+    ``probe`` runs every network of a known architecture on the data-free probes (pipeline.probes), what
+    the extended encoder reads beside the weights; it is most of prepare's time on small networks. Without
+    it the probe columns stay null, for encoders that read the weights alone (the paper's SNE).
 
     ``out`` names the output explicitly; otherwise it is derived under ``cache_root``. An output
     without its completion marker (an interrupted run), or whose files are not those the marker lists
@@ -180,26 +188,37 @@ def prepare_chunk_records(
     if out is None:
         if cache_root is None:
             raise ValueError("give either out= or cache_root= for the chunk records")
-        out = default_records_uri(cache_root, listing.fingerprint, chunk_size)
+        out = default_records_uri(cache_root, listing.fingerprint, chunk_size, probe)
+        if not probe:  # the probed records serve a reader of the weights alone just as well
+            probed = default_records_uri(cache_root, listing.fingerprint, chunk_size, True)
+            done = read_completion(probed)
+            if (
+                _completes(done, listing.fingerprint, chunk_size, True)
+                and verify_output(probed, done) is None
+            ):
+                return _reused(done)
     done = read_completion(out)
-    if _completes(done, listing.fingerprint, chunk_size):
+    if _completes(done, listing.fingerprint, chunk_size, probe):
         problem = verify_output(out, done)
         if problem is None:
             return _reused(done)
         logger.warning("chunk records at %s: %s; rebuilding them", out, problem)
         marker_fs, marker = storage.filesystem(storage.join(out, COMPLETE_MARKER))
         marker_fs.rm(marker)
-    owner = _claim_output(out, listing.fingerprint, chunk_size)
+    owner = _claim_output(out, listing.fingerprint, chunk_size, probe)
     if owner is None:  # another prepare completed this output while this one waited for it
         return _reused(read_completion(out))
     with _heartbeat(out, owner):
-        summary = _write_records(listing, zoo_uri, chunk_size, out, parts_in_flight)
+        summary = _write_records(listing, zoo_uri, chunk_size, out, parts_in_flight, probe)
     return summary
 
 
-def _completes(done: dict | None, fingerprint: str, chunk_size: int) -> bool:
+def _completes(done: dict | None, fingerprint: str, chunk_size: int, probe: bool) -> bool:
     return (
-        done is not None and done.get("fingerprint") == fingerprint and done.get("chunk_size") == chunk_size
+        done is not None
+        and done.get("fingerprint") == fingerprint
+        and done.get("chunk_size") == chunk_size
+        and done.get("probes", True) == probe
     )
 
 
@@ -209,7 +228,7 @@ def _reused(done: dict) -> PrepareSummary:
 
 
 def _write_records(
-    listing, zoo_uri: str, chunk_size: int, out: str, parts_in_flight: int | None
+    listing, zoo_uri: str, chunk_size: int, out: str, parts_in_flight: int | None, probe: bool
 ) -> PrepareSummary:
     """Write the output afresh (this prepare holds its writing marker) and mark it complete."""
     import ray
@@ -228,7 +247,7 @@ def _write_records(
         _chunk_part,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"chunk_size": chunk_size, "records_uri": out},
+        fn_kwargs={"chunk_size": chunk_size, "records_uri": out, "probe": probe},
         # Reading + chunking is light; a fraction of a CPU lets Train workers run beside it.
         num_cpus=0.5,
         compute=TaskPoolStrategy(size=parts_in_flight) if parts_in_flight else None,
@@ -252,6 +271,7 @@ def _write_records(
         seconds=round(time.time() - started, 2),
         rejected_reasons=reasons,
         probed=count_probed(out),
+        probes=probe,
     )
     if summary.records + summary.rejected != summary.listed:
         raise RuntimeError(
@@ -353,13 +373,13 @@ def _writer_is_gone(writer: dict) -> bool:
     return False
 
 
-def _claim_output(out: str, fingerprint: str, chunk_size: int) -> str | None:
+def _claim_output(out: str, fingerprint: str, chunk_size: int, probe: bool) -> str | None:
     """Become the one prepare writing ``out``: returns this writer's id, or None once another prepare has
     completed the output meanwhile. Waits while a live writer holds it (``_writer_is_gone``)."""
     owner = uuid.uuid4().hex
     announced = False
     while True:
-        if _completes(read_completion(out), fingerprint, chunk_size):
+        if _completes(read_completion(out), fingerprint, chunk_size, probe):
             return None
         writer = _read_writer(out)
         if writer is None or _writer_is_gone(writer):
@@ -419,26 +439,45 @@ def count_probed(records_uri: str) -> int:
     return len(probe) - probe.null_count
 
 
-def load_chunk_dataset(records_uri: str, columns: list[str] | None = None):
-    """The chunk records of a complete output as a Ray Dataset (streamed from storage)."""
+def load_chunk_dataset(records_uri: str, columns: list[str] | None = None, shuffle_seed: int | None = None):
+    """The chunk records of a complete output as a Ray Dataset (streamed from storage). With
+    ``shuffle_seed`` the files are read in a fresh order at every execution (every epoch), the same
+    sequence of orders for the same seed: with a bounded local shuffle on top, a pass over a zoo too large
+    to hold mixes networks from all over it without materialising it. (Measured with Ray 2.60 through the
+    streaming split Ray Train uses: the first two epochs read the files in one order, every later epoch in
+    its own.)"""
     import ray
+    from ray.data import FileShuffleConfig
 
     if read_completion(records_uri) is None:
         raise FileNotFoundError(
             f"no complete chunk records at {records_uri} (missing {COMPLETE_MARKER}); run jobs/prepare.py first"
         )
     pa_fs, path = pyarrow_filesystem(storage.join(records_uri, "records"))
-    return ray.data.read_parquet(path, filesystem=pa_fs, columns=columns)
+    shuffle = (
+        None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+    )
+    return ray.data.read_parquet(path, filesystem=pa_fs, columns=columns, shuffle=shuffle)
+
+
+def iter_record_index(
+    records_uri: str, columns: tuple[str, ...], batch_rows: int = 1024
+) -> Iterator[pa.Table]:
+    """Per-checkpoint columns of every chunk record, read on the driver in tables of at most ``batch_rows``
+    rows, in file order: a pass whose memory follows the batch, not the zoo."""
+    fs, path = storage.filesystem(storage.join(records_uri, "records"))
+    files = sorted(f for f in fs.ls(path, detail=False) if f.endswith(".parquet"))
+    if not files:
+        raise FileNotFoundError(f"no chunk records under {records_uri}")
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            if parquet.metadata.num_rows == 0:  # keeps the columns' types where a file holds no record
+                yield parquet.schema_arrow.empty_table().select(list(columns))
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                yield pa.Table.from_batches([batch])
 
 
 def read_record_index(records_uri: str, columns: tuple[str, ...] = ("id", "family", "dataset")) -> pa.Table:
     """Small per-checkpoint columns (no weights) of every chunk record, read on the driver."""
-    fs, path = storage.filesystem(storage.join(records_uri, "records"))
-    tables = []
-    for f in sorted(fs.ls(path, detail=False)):
-        if f.endswith(".parquet"):
-            with fs.open(f, "rb") as fh:
-                tables.append(pq.read_table(fh, columns=list(columns)))
-    if not tables:
-        raise FileNotFoundError(f"no chunk records under {records_uri}")
-    return pa.concat_tables(tables)
+    return pa.concat_tables(iter_record_index(records_uri, columns, batch_rows=65_536))

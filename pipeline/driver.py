@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from pipeline import storage, tracking
 from pipeline.config import TrainConfig, from_dict, to_dict
 from pipeline.data import (
+    iter_record_index,
     load_chunk_dataset,
     prepare_chunk_records,
     pyarrow_filesystem,
@@ -57,32 +58,31 @@ def _probabilities(table: pa.Table) -> list[dict]:
 
 
 def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
-    """The consensus on the probes of the training networks (pipeline.probes.PeerConsensus)."""
-    table = _select_ids(
-        read_record_index(records_uri, ("id", "dataset", "probe_probabilities")),
-        pa.array(train_ids, pa.string()),
-    )
-    rows = _probabilities(table)
-    return PeerConsensus.fit(
-        [r["id"] for r in rows], [r["dataset"] for r in rows], [probabilities_of(r) for r in rows]
-    )
+    """The consensus on the probes of the training networks (pipeline.probes.PeerConsensus), summed in one
+    streaming pass over the records' probe column."""
+    wanted = pa.array(sorted(train_ids), pa.string())
+    consensus = PeerConsensus()
+    for table in iter_record_index(records_uri, ("id", "dataset", "probe_probabilities")):
+        rows = _probabilities(_select_ids(table, wanted))
+        consensus.add(
+            [r["id"] for r in rows], [r["dataset"] for r in rows], [probabilities_of(r) for r in rows]
+        )
+    return consensus
 
 
 def training_input_scaling(train, peer_agreement: bool) -> dict:
-    """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the values the training split (a
-    materialised Ray Dataset) feeds the encoder: the peer agreement as split_datasets attached it, each
+    """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the values the training split (a Ray
+    Dataset, streamed once) feeds the encoder: the peer agreement as split_datasets attached it, each
     network compared with the others."""
     from pipeline.encoder import InputScaling
     from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
     columns = {"probe": PROBE_FEATURES, **({"peer": PEER_FEATURES} if peer_agreement else {})}
-    table = pa.concat_tables(
-        train.select_columns(list(columns)).iter_batches(batch_format="pyarrow", batch_size=None)
-    )
-    return {
-        name: InputScaling.statistics([v for v in table.column(name).to_pylist() if v is not None], width)
-        for name, width in columns.items()
-    }
+    moments = {name: InputScaling.Moments(width) for name, width in columns.items()}
+    for batch in train.select_columns(list(columns)).iter_batches(batch_format="pyarrow", batch_size=1024):
+        for name in columns:
+            moments[name].add([v for v in batch.column(name).to_pylist() if v is not None])
+    return {name: m.statistics() for name, m in moments.items()}
 
 
 def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensus | None) -> pa.Table:
@@ -100,22 +100,27 @@ def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensu
 
 
 def split_datasets(
-    records_uri: str, assignment: dict[str, str], materialize: bool, peers: PeerConsensus | None = None
+    records_uri: str,
+    assignment: dict[str, str],
+    peers: PeerConsensus | None = None,
+    shuffle_seed: int | None = None,
 ) -> dict:
-    """Ray Datasets of chunk records per split (vectorised id filter; optionally held in the object store),
-    each record with its peer agreement where ``peers`` is given."""
-    full = load_chunk_dataset(records_uri)
+    """Lazy Ray Datasets of chunk records per split, each record with its peer agreement where ``peers`` is
+    given. Nothing is held: every pass streams the records from storage and keeps its split's rows (a
+    vectorised id filter), so a run's memory does not grow with the zoo. With ``shuffle_seed`` the training
+    split reads its files in a fresh order each epoch (``load_chunk_dataset``); the others in file order."""
     out = {}
     for split in ("train", "val", "test"):
         ids = pa.array(sorted(i for i, s in assignment.items() if s == split), pa.string())
-        ds = full.map_batches(
+        seed = shuffle_seed if split == "train" else None
+        ds = load_chunk_dataset(records_uri, shuffle_seed=seed).map_batches(
             _select_and_attach_peers,
             batch_format="pyarrow",
             fn_kwargs={"ids": ids, "peers": peers},
             num_cpus=0.25,
         )
-        ds.context.execution_options.preserve_order = True  # blocks in file order, not finishing order
-        out[split] = ds.materialize() if materialize else ds
+        ds.context.execution_options.preserve_order = True  # blocks in read order, not finishing order
+        out[split] = ds
     return out
 
 
@@ -248,8 +253,10 @@ def log_kept_results(results_uri: str, tracking_uri: str | None = None) -> dict:
     return {"run_id": run_id, "model_uri": model_uri, "tracking_uri": tracking_uri}
 
 
-def prepare_records(config: TrainConfig):
-    """The config's zoo as chunk records at its chunk size (cached under its storage): ``PreparedRecords``."""
+def prepare_records(config: TrainConfig, probe: bool | None = None):
+    """The config's zoo as chunk records at its chunk size (cached under its storage): a ``PrepareSummary``.
+    The networks are probed when ``probe`` says so (default: when the config's encoder reads probes); a
+    weights-only encoder takes the zoo's probed records where they are complete already."""
     return prepare_chunk_records(
         config.zoo,
         config.chunk_size,
@@ -257,6 +264,7 @@ def prepare_records(config: TrainConfig):
         format=config.format,
         steps=config.steps,
         epoch=config.zoo_epoch,
+        probe=config.reads_probes() if probe is None else probe,
     )
 
 
@@ -377,7 +385,7 @@ def run_training(
         log(f"resuming MLflow run {run_id} ({run_name})")
 
     quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
-    datasets = split_datasets(prepared.output, assignment, materialize=True, peers=peers)
+    datasets = split_datasets(prepared.output, assignment, peers=peers, shuffle_seed=config.seed)
     input_scaling = (
         training_input_scaling(datasets["train"], config.peer_agreement) if config.input_scaling else {}
     )

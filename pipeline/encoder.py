@@ -156,15 +156,42 @@ class InputScaling(nn.Module):
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
 
+    class Moments:
+        """Count, mean and sum of squared deviations of asinh of rows, merged batch by batch (Chan et al.'s
+        pairwise update), so the statistics of a split too large to hold come from one streaming pass and
+        equal those of a full read."""
+
+        def __init__(self, features: int) -> None:
+            self.features, self.count = features, 0
+            self.mean, self.m2 = np.zeros(features), np.zeros(features)
+
+        def add(self, rows: list) -> None:
+            if len(rows) == 0:
+                return
+            a = np.arcsinh(np.asarray(rows, dtype=np.float64).reshape(len(rows), self.features))
+            n, mean = a.shape[0], a.mean(0)
+            delta, total = mean - self.mean, self.count + n
+            self.m2 += ((a - mean) ** 2).sum(0) + delta**2 * self.count * n / total
+            self.mean += delta * n / total
+            self.count = total
+
+        def statistics(self) -> dict[str, list[float]]:
+            """{"mean", "scale"}; identity for fewer than two rows. A spread below 1e-3 counts as 1e-3: a
+            feature that barely varies in training should not swing a prediction."""
+            if self.count < 2:
+                return {"mean": [0.0] * self.features, "scale": [1.0] * self.features}
+            return {
+                "mean": self.mean.tolist(),
+                "scale": np.maximum(np.sqrt(self.m2 / self.count), 1e-3).tolist(),
+            }
+
     @staticmethod
     def statistics(rows: list, features: int) -> dict[str, list[float]]:
-        """{"mean", "scale"} of asinh of ``rows`` (one per network, ``features`` values each); identity for
-        fewer than two rows. A spread below 1e-3 counts as 1e-3: a feature that barely varies in training
-        should not swing a prediction."""
-        a = np.arcsinh(np.asarray(rows, dtype=np.float64).reshape(len(rows), features))
-        if a.shape[0] < 2:
-            return {"mean": [0.0] * features, "scale": [1.0] * features}
-        return {"mean": a.mean(0).tolist(), "scale": np.maximum(a.std(0), 1e-3).tolist()}
+        """{"mean", "scale"} of asinh of ``rows`` (one per network, ``features`` values each): ``Moments``
+        over one batch."""
+        moments = InputScaling.Moments(features)
+        moments.add(rows)
+        return moments.statistics()
 
     @torch.no_grad()
     def set(self, stats: dict[str, list[float]]) -> None:

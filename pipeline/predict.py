@@ -88,11 +88,12 @@ def _read_batches(listing: ZooListing, batch_size: int, rejected: list) -> Itera
         yield batch
 
 
-def _chunked(checkpoints: list, chunk_sizes: list[int]) -> dict[int, list[dict]]:
-    """{chunk size: chunk records of ``checkpoints``}. The probes run once per network: what a network
-    computes does not depend on how its weights are cut, so every chunk size after the first copies them."""
+def _chunked(checkpoints: list, chunk_sizes: list[int], probe: bool) -> dict[int, list[dict]]:
+    """{chunk size: chunk records of ``checkpoints``}. The probes run once per network, and only where
+    ``probe`` (an encoder reads them): what a network computes does not depend on how its weights are cut,
+    so every chunk size after the first copies them."""
     first, *others = sorted(set(chunk_sizes))
-    records = {first: [chunk_checkpoint(c, first) for c in checkpoints]}
+    records = {first: [chunk_checkpoint(c, first, probe=probe) for c in checkpoints]}
     for size in others:
         records[size] = [
             chunk_checkpoint(c, size, probe=False) | {k: r[k] for k in ("probe", "probe_probabilities")}
@@ -185,12 +186,12 @@ def predict_zoo(
     # peer agreement by a member that reads it (docs/results.md: their level suffers); as of an unknown dataset by a
     # member with dataset vectors.
     unprobed, without_peers, unknown_dataset = [], [], []
-    reads_probes = any(m.sne.cfg.probe_summary for m in members)
+    reads_probes = any(m.sne.cfg.probe_summary or m.sne.cfg.peer_agreement for m in members)
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
     ) as bar:
         for checkpoints in _read_batches(listing, batch_size, rejected):
-            records = _chunked(checkpoints, [m.meta["chunk_size"] for m in members])
+            records = _chunked(checkpoints, [m.meta["chunk_size"] for m in members], reads_probes)
             peerless = np.zeros(len(checkpoints), dtype=bool)
             for m, predictions in zip(members, own, strict=True):
                 pred, batch = m.predict(records[m.meta["chunk_size"]])

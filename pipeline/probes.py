@@ -164,26 +164,31 @@ class PeerConsensus:
     a scaler, and kept with the exported encoder: it reads no labels and no network outside the reference.
     """
 
-    def __init__(self, sums: dict[str, np.ndarray], members: dict[str, str]):
-        self.sums = sums  # key -> (len(PROBE_SETS) * PROBES_PER_SET, classes) float64 sum of probabilities
-        self.members = members  # reference network id -> key
-        self.counts = dict(collections.Counter(members.values()))  # key -> reference networks summed
+    def __init__(self, sums: dict[str, np.ndarray] | None = None, members: dict[str, str] | None = None):
+        self.sums = dict(sums or {})  # key -> (len(PROBE_SETS) * PROBES_PER_SET, classes) float64 sums
+        self.members = dict(members or {})  # reference network id -> key
+        self.counts = dict(collections.Counter(self.members.values()))  # key -> reference networks summed
 
     @staticmethod
     def key(group: str, classes: int) -> str:
         return f"{group}/{classes}"
 
-    @classmethod
-    def fit(cls, ids: list[str], groups: list[str], probabilities: list[np.ndarray | None]) -> PeerConsensus:
-        sums: dict[str, np.ndarray] = {}
-        members: dict[str, str] = {}
+    def add(self, ids: list[str], groups: list[str], probabilities: list[np.ndarray | None]) -> None:
+        """Sum more reference networks in (those without probabilities are skipped), so the consensus of a
+        zoo too large to hold is fitted batch by batch."""
         for i, g, p in zip(ids, groups, probabilities, strict=True):
             if p is None:
                 continue
-            key = cls.key(str(g), p.shape[1])
-            sums[key] = sums.get(key, 0.0) + p.astype(np.float64)
-            members[str(i)] = key
-        return cls(sums, members)
+            key = self.key(str(g), p.shape[1])
+            self.sums[key] = self.sums.get(key, 0.0) + p.astype(np.float64)
+            self.members[str(i)] = key
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    @classmethod
+    def fit(cls, ids: list[str], groups: list[str], probabilities: list[np.ndarray | None]) -> PeerConsensus:
+        consensus = cls()
+        consensus.add(ids, groups, probabilities)
+        return consensus
 
     def features(
         self, id: str, group: str, probabilities: np.ndarray | None, leave_out: bool = True

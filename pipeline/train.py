@@ -185,6 +185,23 @@ def epoch_batches(raw_batches: Iterable, config: TrainConfig) -> Iterator[list[d
     return budget_batches(records, config.chunk_budget, config.batch_size)
 
 
+# Records the per-epoch local shuffle holds at once: the whole shard of a laptop-sized zoo; on a larger one
+# it mixes within this window of a stream whose files are already read in a fresh order each epoch.
+SHUFFLE_BUFFER_RECORDS = 1024
+
+
+def shard_epoch(shard, config: TrainConfig, epoch: int, rank: int) -> Iterator[list[dict]]:
+    """One epoch of a worker's training shard (a Ray DataIterator, or a Dataset) as record batches: a fresh
+    order every epoch, the same for the same seed, epoch and rank, streamed through a bounded buffer."""
+    raw = shard.iter_batches(
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=SHUFFLE_BUFFER_RECORDS,
+        local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank,
+    )
+    return epoch_batches(raw, config)
+
+
 # Training records kept each epoch to re-estimate the embedding norm's statistics before evaluation, capped
 # by count and by parameters held (a batch of 10M-parameter networks is already large on its own).
 CALIBRATION_RECORDS = 256
@@ -368,17 +385,10 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     tracking_up = True
     for epoch in range(start_epoch, config.epochs):
         losses = []
-        batches = train_shard.iter_batches(
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            # A fresh, reproducible order every epoch; the buffer spans a whole laptop-sized shard.
-            local_shuffle_buffer_size=1024,
-            local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank,
-        )
         calibration: list[list[dict]] = []
         steps, largest_shared, largest_network = 0, 0, 0
         epoch_started = time.perf_counter()
-        stream, last = epoch_batches(batches, config), None
+        stream, last = shard_epoch(train_shard, config, epoch, rank), None
         lockstep = config.chunk_budget > 0 and ctx.get_world_size() > 1
         while True:
             records = next(stream, None)

@@ -1,58 +1,29 @@
 """Benchmark prepare (zoo → chunk records with Ray Data) against the practical limit.
 
-For each zoo: the raw read of the same bytes in one process (every file of the zoo, fetched whole:
-the I/O limit), then prepare into a fresh output; prints checkpoints/s, MB/s, their ratio, and the
-peak resident memory of the driver plus all Ray worker processes (sampled every 0.2 s).
+For each zoo, two limits measured in one process: the raw read of the same bytes (every file of the
+zoo, fetched whole: the I/O limit) and the decode (every checkpoint read and decoded into arrays by the
+zoo's reader: the work no pipeline can skip, without chunking or writing). Then prepare into a fresh
+output; prints checkpoints/s, MB/s, the ratios raw / prepare and decode / prepare, and the peak
+resident memory of the driver plus all Ray worker processes (sampled every 0.2 s). --no-probe prepares
+without running the networks on the probes.
 
     python research/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--stage-to s3://...]
-                                     [--json PATH]
+                                     [--no-probe] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import threading
 import time
 import uuid
 
-import psutil
+from peak_memory import PeakMemory  # research/, beside this script
 
 from pipeline import storage
 from pipeline.data import prepare_chunk_records
 from pipeline.runtime import start_ray
-from pipeline.zoo import open_zoo
-
-
-class PeakMemory:
-    """Peak of the summed RSS of this process and its descendants (Ray's raylet, workers, ...)."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for p in me.children(recursive=True):
-            with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
-                total += p.memory_info().rss
-        return total
-
-    def __enter__(self):
-        self.base = self._sample()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            time.sleep(self.interval)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
+from pipeline.zoo import Rejection, open_zoo, read_zoo
 
 
 def raw_read(uri: str) -> tuple[int, float]:
@@ -61,6 +32,13 @@ def raw_read(uri: str) -> tuple[int, float]:
     files = [f for f in fs.find(path) if not f.rsplit("/", 1)[-1].startswith("_")]
     t = time.perf_counter()
     n = sum(len(fs.cat_file(f)) for f in files)
+    return n, time.perf_counter() - t
+
+
+def decode(uri: str) -> tuple[int, float]:
+    """(checkpoints, seconds) to read and decode every checkpoint of the zoo in one process."""
+    t = time.perf_counter()
+    n = sum(1 for c in read_zoo(uri) if not isinstance(c, Rejection))
     return n, time.perf_counter() - t
 
 
@@ -85,6 +63,7 @@ def main() -> None:
         "--stage-to",
         help="copy each zoo under this URI first (e.g. s3://sne/bench) and benchmark the copy",
     )
+    p.add_argument("--no-probe", action="store_true", help="prepare without running the probes")
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--json")
     args = p.parse_args()
@@ -95,10 +74,11 @@ def main() -> None:
             zoo = stage(zoo, storage.join(args.stage_to, zoo.rstrip("/").rsplit("/", 1)[-1]))
         listing = open_zoo(zoo)
         nbytes, raw_s = raw_read(zoo)
+        _, decode_s = decode(zoo)
         out = storage.join(args.out_root or f"{zoo.rstrip('/')}-bench", uuid.uuid4().hex[:8])
         with PeakMemory() as mem:
             t = time.perf_counter()
-            s = prepare_chunk_records(zoo, args.chunk_size, out=out)
+            s = prepare_chunk_records(zoo, args.chunk_size, out=out, probe=not args.no_probe)
             prep_s = time.perf_counter() - t
         fs, path = storage.filesystem(out)
         fs.rm(path, recursive=True)
@@ -109,10 +89,14 @@ def main() -> None:
             "raw_read_s": round(raw_s, 2),
             "raw_ckpt_per_s": round(listing.num_listed / raw_s, 1),
             "raw_mb_per_s": round(nbytes / 1e6 / raw_s, 1),
+            "decode_s": round(decode_s, 2),
+            "decode_ckpt_per_s": round(listing.num_listed / decode_s, 1),
+            "probes": not args.no_probe,
             "prepare_s": round(prep_s, 2),
             "prepare_ckpt_per_s": round(s.records / prep_s, 1),
             "prepare_mb_per_s": round(nbytes / 1e6 / prep_s, 1),
             "ratio_to_raw": round(raw_s / prep_s, 3),
+            "ratio_to_decode": round(decode_s / prep_s, 3),
             "peak_rss_mb": round(mem.peak / 1e6),
             "baseline_rss_mb": round(mem.base / 1e6),
             "peak_above_baseline_mb": round((mem.peak - mem.base) / 1e6),

@@ -141,3 +141,24 @@ def test_two_prepares_of_one_output_at_once_make_one(ray_instance, s3_bucket, s3
     assert sorted(ids) == sorted(c.id for c in ckpts[:-1])
     fs, marker = storage.filesystem(storage.join(out, "_WRITING.json"))
     assert not fs.exists(marker)
+
+
+def test_a_weights_only_encoder_prepares_without_probes_and_takes_probed_records_once_they_exist(tiny_zoo):
+    from pipeline.config import from_dict, paper
+    from pipeline.driver import prepare_records
+
+    weights_only = from_dict({"zoo": f"{tiny_zoo}/zoo", "storage": f"{tiny_zoo}/probe-or-not"}, paper())
+    extended = from_dict({"zoo": f"{tiny_zoo}/zoo", "storage": f"{tiny_zoo}/probe-or-not"})
+    assert not weights_only.reads_probes() and extended.reads_probes()
+
+    bare = prepare_records(weights_only)
+    assert not bare.reused and not bare.probes and bare.probed == 0 and bare.output.endswith("-weights")
+    rows = load_chunk_dataset(bare.output, columns=["probe", "probe_probabilities"]).take_all()
+    assert len(rows) == bare.records and all(
+        r["probe"] is None and r["probe_probabilities"] is None for r in rows
+    )
+
+    probed = prepare_records(extended)
+    assert probed.output != bare.output and probed.probes and probed.probed == probed.records
+    again = prepare_records(weights_only)  # the probed records serve the weights-only encoder too
+    assert again.reused and again.output == probed.output

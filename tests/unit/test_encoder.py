@@ -531,6 +531,21 @@ def test_input_scaling_standardises_the_training_values_and_keeps_outliers_bound
     assert InputScaling.statistics([], 2) == {"mean": [0.0, 0.0], "scale": [1.0, 1.0]}  # nothing probed
 
 
+def test_input_scaling_from_batches_equals_a_full_read():
+    """A split too large to hold is scaled from one streaming pass: batch by batch, uneven and empty batches
+    included, the statistics equal those of every row at once (numpy's, computed directly)."""
+    rng = np.random.default_rng(1)
+    values = np.column_stack([rng.normal(1e3, 5.0, 997), rng.normal(-2.0, 0.3, 997), rng.exponential(9, 997)])
+    moments = InputScaling.Moments(3)
+    for part in np.split(values, [1, 2, 300, 300, 650]):
+        moments.add(part)
+    streamed = moments.statistics()
+    a = np.arcsinh(values)
+    np.testing.assert_allclose(streamed["mean"], a.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(streamed["scale"], a.std(0), rtol=1e-9)
+    assert moments.count == len(values)
+
+
 def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
     from pipeline.export import save_encoder
     from pipeline.predict import load_encoder

@@ -1,0 +1,78 @@
+"""Training streams its splits from the chunk records: nothing is held whole, each epoch sees every training
+network once in a fresh order that a seed reproduces, and what is fitted on the training networks comes
+from one streaming pass equal to a full read."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pipeline.config import debug, from_dict
+from pipeline.data import read_record_index
+from pipeline.driver import (
+    _probabilities,
+    fit_peer_consensus,
+    prepare_records,
+    split_datasets,
+    split_records,
+    training_input_scaling,
+)
+from pipeline.encoder import InputScaling
+from pipeline.probes import PEER_FEATURES, PROBE_FEATURES, PeerConsensus, probabilities_of
+from pipeline.train import shard_epoch
+
+pytestmark = pytest.mark.integration
+
+
+def _records_and_split(bucket):
+    config = from_dict({"zoo": f"{bucket}/zoo", "storage": f"{bucket}/runs", "batch_size": 8}, debug())
+    records = prepare_records(config).output
+    assignment, _ = split_records(config, records)
+    return config, records, assignment
+
+
+def test_a_streamed_epoch_sees_every_training_network_once_in_a_fresh_order_a_seed_repeats(tiny_zoo):
+    config, records, assignment = _records_and_split(tiny_zoo)
+    train_ids = sorted(i for i, s in assignment.items() if s == "train")
+
+    def epoch_orders(seed: int, epochs: int = 3) -> list[list[str]]:
+        train = split_datasets(records, assignment, shuffle_seed=seed)["train"]
+        shard = train.streaming_split(1, equal=True)[0]  # what a Ray Train worker iterates, epoch after epoch
+        seeded = dataclasses.replace(config, seed=seed)
+        return [
+            [str(r["id"]) for batch in shard_epoch(shard, seeded, epoch, rank=0) for r in batch]
+            for epoch in range(epochs)
+        ]
+
+    orders = epoch_orders(seed=0)
+    for order in orders:
+        assert sorted(order) == train_ids  # each training network exactly once, nothing from val or test
+    assert orders[0] != orders[1] and orders[1] != orders[2]  # a fresh order every epoch
+    assert epoch_orders(seed=0) == orders  # and the same sequence of orders for the same seed
+    assert epoch_orders(seed=1)[0] != orders[0]
+
+
+def test_statistics_from_the_streaming_pass_equal_those_from_a_full_read(tiny_zoo):
+    _, records, assignment = _records_and_split(tiny_zoo)
+    train_ids = [i for i, s in assignment.items() if s == "train"]
+
+    peers = fit_peer_consensus(records, train_ids)
+    everything = _probabilities(read_record_index(records, ("id", "dataset", "probe_probabilities")))
+    in_train = [r for r in everything if assignment[r["id"]] == "train"]
+    full = PeerConsensus.fit(
+        [r["id"] for r in in_train], [r["dataset"] for r in in_train], [probabilities_of(r) for r in in_train]
+    )
+    assert len(peers.members) > 10 and peers.members == full.members and peers.counts == full.counts
+    for key, total in full.sums.items():
+        np.testing.assert_allclose(peers.sums[key], total, rtol=1e-12)
+
+    train = split_datasets(records, assignment, peers=peers)["train"]
+    streamed = training_input_scaling(train, peer_agreement=True)
+    rows = train.take_all()
+    assert sorted(r["id"] for r in rows) == sorted(train_ids)
+    for name, width in (("probe", PROBE_FEATURES), ("peer", PEER_FEATURES)):
+        values = [r[name] for r in rows if r[name] is not None]
+        assert len(values) > 10
+        reference = InputScaling.statistics(values, width)
+        np.testing.assert_allclose(streamed[name]["mean"], reference["mean"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(streamed[name]["scale"], reference["scale"], rtol=1e-9, atol=1e-12)
