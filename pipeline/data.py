@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.chunking import CHUNK_RECORD_SCHEMA, SCHEMA_VERSION, chunk_checkpoint
+from pipeline.chunking import SCHEMA_VERSION, chunk_checkpoint, records_table
 from pipeline.zoo import Checkpoint, Rejection, open_zoo, read_part
 
 COMPLETE_MARKER = "_COMPLETE.json"
@@ -125,10 +125,10 @@ def _chunk_part(batch: dict, chunk_size: int, records_uri: str, probe: bool) -> 
             assert isinstance(item, Checkpoint)
             rows.append(chunk_checkpoint(item, chunk_size, probe=probe))
             if len(rows) >= ROWS_PER_BLOCK:
-                yield pa.Table.from_pylist(rows, schema=CHUNK_RECORD_SCHEMA)
+                yield records_table(rows)
                 rows = []
         if rows:
-            yield pa.Table.from_pylist(rows, schema=CHUNK_RECORD_SCHEMA)
+            yield records_table(rows)
         # Written even when empty: one file per part makes a retried task overwrite, not duplicate.
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), buf)

@@ -13,6 +13,7 @@ from pipeline.chunking import (
     SCHEMA_VERSION,
     checkpoint_from_record,
     chunk_checkpoint,
+    records_table,
     unchunk_record,
 )
 from pipeline.zoo.checkpoint import Checkpoint, Layer
@@ -187,3 +188,20 @@ def test_run_column_defaults_to_the_id_and_survives_parquet():
     assert record["run"] == "ck-1"
     stepped = dataclasses.replace(_checkpoint(), id="r7/step20", run="r7")
     assert checkpoint_from_record(_via_parquet(chunk_checkpoint(stepped, 8))).run_id == "r7"
+
+
+def test_records_table_is_the_table_from_pylist_builds():
+    """Prepare builds its Arrow tables column by column for speed; the result is the row-wise table exactly
+    (values, nulls, types, schema metadata), for really trained, probed networks of three families and a
+    row that lacks keys."""
+    from pipeline.generate import plan, train_checkpoint
+
+    rows = [chunk_checkpoint(c, 16) for spec in plan("tiny", 0, count=3) for c in train_checkpoint(spec)]
+    assert all(r["probe"] is not None for r in rows)
+    bare = dict(rows[0])
+    for key in ("probe", "probe_probabilities", "test_accuracy", "hyperparameters"):
+        del bare[key]
+    rows.append(bare)
+    built = records_table(rows)
+    assert built.equals(pa.Table.from_pylist(rows, schema=CHUNK_RECORD_SCHEMA), check_metadata=True)
+    assert built.column("probe").null_count == 1 and built.num_rows == 4
