@@ -103,7 +103,7 @@ def measure(zoo: str, preset: str, epochs: int, storage_uri: str, probe: bool, t
         row.update(
             {
                 "epochs": epochs,
-                "train_networks_per_s": round(len(train_ids) * epochs / stages["train"]["seconds"], 1),
+                "last_epoch_train_seconds": final.get("last_epoch_train_seconds"),
                 "test_kendall_tau": final["test_kendall_tau"],
             }
         )
@@ -119,12 +119,16 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--storage", default="runs/bench-stages", help="records, runs and MLflow go here")
     p.add_argument(
-        "--no-probe", action="store_true", help="prepare without probes (even where the preset reads them)"
+        "--no-probe",
+        action="store_true",
+        help="prepare without probes (with --no-train where the preset reads them)",
     )
     p.add_argument("--no-train", action="store_true", help="stop after the stream stage")
     add_ray_arguments(p)
     p.add_argument("--json")
     args = p.parse_args()
+    if args.no_probe and not args.no_train and PRESETS[args.preset]().reads_probes():
+        p.error(f"--preset {args.preset} reads probes, so its training run prepares them: add --no-train")
     start_ray(args.num_cpus, verbose=args.verbose)
     rows = [
         measure(zoo, args.preset, args.epochs, args.storage, not args.no_probe, not args.no_train)
