@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.probes import run_probes
 from pipeline.zoo.checkpoint import Checkpoint, Layer, element_size, fan_in
 
 # 2: the probe column (pipeline.probes). 3: the probe_probabilities column. 4: the norm, norm_stats and
@@ -94,11 +93,11 @@ def pad_chunk(values: np.ndarray, chunk_size: int, elem_size: int) -> tuple[np.n
     return padded, mask
 
 
-def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True) -> dict[str, Any]:
+def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int) -> dict[str, Any]:
     """One chunk record (a dict of Arrow-friendly values matching CHUNK_RECORD_SCHEMA) for a checkpoint.
 
-    ``probe`` runs the network on pipeline.probes' inputs when its architecture is known; False leaves the
-    probe columns null (a caller that already holds the probe of a function-equivalent network copies it).
+    Its probe columns are null: chunking reads weights and never runs a network. Prepare's probe stage
+    (``pipeline.probes.probe_table``) fills them in, with its own resources.
 
     Raises ValueError for a chunk size below 1, an unknown layer kind, a wrong weight rank, an empty
     weight or a bias that does not match the layer's output units.
@@ -162,12 +161,8 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int, probe: bool = True
     # hand the target to any model that reads them; only the property columns carry it.
     hyperparameters = {k: v for k, v in checkpoint.hyperparameters.items() if k not in PROPERTY_COLUMNS}
     record["hyperparameters"] = json.dumps(hyperparameters, sort_keys=True)
-    run = run_probes(checkpoint) if probe else None
-    record["probe"] = None if run is None else run[0].tolist()
-    probabilities = None if run is None else run[1]
-    record["probe_probabilities"] = (
-        None if probabilities is None else probabilities.reshape(-1).astype(np.float16)
-    )
+    record["probe"] = None
+    record["probe_probabilities"] = None
     return record
 
 

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.chunking import SCHEMA_VERSION, chunk_checkpoint, records_table
+from pipeline.probes import probe_table
 from pipeline.zoo import Checkpoint, Rejection, open_zoo, read_part
 
 COMPLETE_MARKER = "_COMPLETE.json"
@@ -55,6 +56,8 @@ _WRITING_HERE: set[str] = set()
 REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string())])
 # Chunk records leave a task in slices of this many rows so one huge part never sits in memory whole.
 ROWS_PER_BLOCK = 64
+PROBE_TASK_CPUS = 1.0  # prepare's probe stage: each task runs networks (torch, one thread)
+READ_TASK_CPUS = 0.25  # reading chunk records for training (load_chunk_dataset says why so little)
 
 
 @dataclass
@@ -112,7 +115,7 @@ def read_completion(records_uri: str) -> dict | None:
     return json.loads(fs.cat_file(path))
 
 
-def _chunk_part(batch: dict, chunk_size: int, records_uri: str, probe: bool) -> Iterator[pa.Table]:
+def _chunk_part(batch: dict, chunk_size: int, records_uri: str) -> Iterator[pa.Table]:
     """Ray Data UDF: one zoo part → chunk records; rejections go beside the output."""
     for part_json, part_index in zip(batch["part"], batch["part_index"], strict=True):
         part = json.loads(part_json)
@@ -123,7 +126,7 @@ def _chunk_part(batch: dict, chunk_size: int, records_uri: str, probe: bool) -> 
                 rejected.append({"id": item.id, "reason": item.reason})
                 continue
             assert isinstance(item, Checkpoint)
-            rows.append(chunk_checkpoint(item, chunk_size, probe=probe))
+            rows.append(chunk_checkpoint(item, chunk_size))
             if len(rows) >= ROWS_PER_BLOCK:
                 yield records_table(rows)
                 rows = []
@@ -247,11 +250,15 @@ def _write_records(
         _chunk_part,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"chunk_size": chunk_size, "records_uri": out, "probe": probe},
+        fn_kwargs={"chunk_size": chunk_size, "records_uri": out},
         # Reading + chunking is light; a fraction of a CPU lets Train workers run beside it.
         num_cpus=0.5,
         compute=TaskPoolStrategy(size=parts_in_flight) if parts_in_flight else None,
     )
+    if probe:
+        # Running networks is the heavy part: a stage of its own, a whole CPU per task, that a cluster
+        # spreads over its nodes and that a prepare for a weights-only encoder never pays for.
+        ds = ds.map_batches(probe_table, batch_format="pyarrow", batch_size=None, num_cpus=PROBE_TASK_CPUS)
     pa_fs, records_path = pyarrow_filesystem(storage.join(out, "records"))
     ds.write_parquet(records_path, filesystem=pa_fs)
 
@@ -447,7 +454,7 @@ def load_chunk_dataset(records_uri: str, columns: list[str] | None = None, shuff
     streaming split Ray Train uses: the first two epochs read the files in one order, every later epoch in
     its own.)"""
     import ray
-    from ray.data import FileShuffleConfig
+    from ray.data import DataContext, FileShuffleConfig
 
     if read_completion(records_uri) is None:
         raise FileNotFoundError(
@@ -457,7 +464,20 @@ def load_chunk_dataset(records_uri: str, columns: list[str] | None = None, shuff
     shuffle = (
         None if shuffle_seed is None else FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     )
-    return ray.data.read_parquet(path, filesystem=pa_fs, columns=columns, shuffle=shuffle)
+    # Two choices keep a stream from waiting on the workers that wait for it, when Train workers and Tune
+    # trials hold most CPUs of a small cluster (seen as a two-trial sweep on 2 CPUs that hung):
+    # - Ray's file-based reader (not the newer one, whose listing step asks a whole CPU per execution,
+    #   every epoch, inside the running trial): this one lists the files once, here on the caller;
+    # - a quarter CPU per read task, not Ray's default of one.
+    context = DataContext.get_current()
+    newer_reader = context.use_datasource_v2
+    context.use_datasource_v2 = False
+    try:
+        return ray.data.read_parquet(
+            path, filesystem=pa_fs, columns=columns, shuffle=shuffle, num_cpus=READ_TASK_CPUS
+        )
+    finally:
+        context.use_datasource_v2 = newer_reader
 
 
 def iter_record_index(

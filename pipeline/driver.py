@@ -385,15 +385,9 @@ def run_training(
         log(f"resuming MLflow run {run_id} ({run_name})")
 
     quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
-    # The splits are held in the object store for the run. Streamed instead (split_datasets alone), a Tune
-    # sweep of two trials on a 2-CPU cluster hung: the trials' Train workers held the CPUs that the epochs'
-    # read tasks waited for. Streaming training needs the read tasks given resources of their own first.
-    datasets = {
-        name: ds.materialize()
-        for name, ds in split_datasets(
-            prepared.output, assignment, peers=peers, shuffle_seed=config.seed
-        ).items()
-    }
+    # Streamed: every epoch reads the training split's records again from storage, in a fresh file order,
+    # so no split is held in memory and a run's memory does not grow with the zoo.
+    datasets = split_datasets(prepared.output, assignment, peers=peers, shuffle_seed=config.seed)
     input_scaling = (
         training_input_scaling(datasets["train"], config.peer_agreement) if config.input_scaling else {}
     )

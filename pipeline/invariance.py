@@ -227,7 +227,7 @@ def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str
         return None
     checkpoint.layers = layers
     # The permutation preserves the function, so the probes of the original hold for the copy.
-    permuted = chunk_checkpoint(checkpoint, int(record["chunk_size"]), probe=False)
+    permuted = chunk_checkpoint(checkpoint, int(record["chunk_size"]))
     permuted["probe"] = record.get("probe")
     permuted["probe_probabilities"] = record.get("probe_probabilities")
     permuted["peer"] = record.get("peer")  # agreement with the training networks, where the driver added it

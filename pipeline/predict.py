@@ -22,6 +22,7 @@ from pipeline.collate import collate_chunk_records
 from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_peers, load_training_ids
+from pipeline.probes import probe_columns
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
@@ -91,15 +92,13 @@ def _read_batches(listing: ZooListing, batch_size: int, rejected: list) -> Itera
 def _chunked(checkpoints: list, chunk_sizes: list[int], probe: bool) -> dict[int, list[dict]]:
     """{chunk size: chunk records of ``checkpoints``}. The probes run once per network, and only where
     ``probe`` (an encoder reads them): what a network computes does not depend on how its weights are cut,
-    so every chunk size after the first copies them."""
-    first, *others = sorted(set(chunk_sizes))
-    records = {first: [chunk_checkpoint(c, first, probe=probe) for c in checkpoints]}
-    for size in others:
-        records[size] = [
-            chunk_checkpoint(c, size, probe=False) | {k: r[k] for k in ("probe", "probe_probabilities")}
-            for c, r in zip(checkpoints, records[first], strict=True)
-        ]
-    return records
+    so every chunk size carries the same probe columns."""
+    empty = {"probe": None, "probe_probabilities": None}
+    probed = [probe_columns(c) if probe else empty for c in checkpoints]
+    return {
+        size: [chunk_checkpoint(c, size) | columns for c, columns in zip(checkpoints, probed, strict=True)]
+        for size in sorted(set(chunk_sizes))
+    }
 
 
 class _Member:

@@ -231,6 +231,45 @@ class PeerConsensus:
         return cls({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta["members"])
 
 
+def probe_columns(checkpoint) -> dict[str, Any]:
+    """A chunk record's probe columns for a checkpoint (``chunking.CHUNK_RECORD_SCHEMA``): its probe
+    summary and its class probabilities on the probes, each None where the network cannot be run or has
+    a single output. They depend on the function alone, not on how its weights are chunked."""
+    run = run_probes(checkpoint)
+    probabilities = None if run is None else run[1]
+    return {
+        "probe": None if run is None else run[0].tolist(),
+        "probe_probabilities": None
+        if probabilities is None
+        else probabilities.reshape(-1).astype(np.float16),
+    }
+
+
+def probe_table(table):
+    """Prepare's probe stage: a block of chunk records (an Arrow table) with its probe columns filled in
+    for every network whose architecture can be run; the others keep null probe columns. Each network is
+    rebuilt from its record (``chunking.checkpoint_from_record``, exact), so probing is a pass of its own
+    over chunked records, run with the resources it needs (a network per probe run) apart from chunking's."""
+    import pyarrow as pa
+
+    from pipeline.chunking import CHUNK_RECORD_SCHEMA, checkpoint_from_record
+
+    probes, probabilities = [], []
+    for record in table.to_pylist():
+        hyperparameters = json.loads(record.get("hyperparameters") or "{}")
+        found = (
+            probe_columns(checkpoint_from_record(record))
+            if runnable_architecture(hyperparameters) is not None
+            else {"probe": None, "probe_probabilities": None}
+        )
+        probes.append(found["probe"])
+        probabilities.append(found["probe_probabilities"])
+    for name, values in (("probe", probes), ("probe_probabilities", probabilities)):
+        field = CHUNK_RECORD_SCHEMA.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, pa.array(values, type=field.type))
+    return table
+
+
 def probabilities_of(record) -> np.ndarray | None:
     """A chunk record's class probabilities on the probes as (len(PROBE_SETS) * PROBES_PER_SET, classes),
     or None where it has none."""

@@ -76,7 +76,7 @@ def measure_one(
     config = getattr(presets, preset)()
     config = presets.from_dict({"chunk_size": chunk_size}, config)
     checkpoint = synthetic_checkpoint(params, layers)
-    record = chunk_checkpoint(checkpoint, chunk_size, probe=False)
+    record = chunk_checkpoint(checkpoint, chunk_size)
     encoder = build_encoder(config, ("none",))
     forward = []
     encoder.eval()

@@ -38,7 +38,7 @@ def load_records(zoo: str, chunk_size: int) -> list[dict]:
     for item in read_zoo(zoo):
         if isinstance(item, Rejection):
             raise SystemExit(f"{zoo}: {item.id} rejected: {item.reason}")
-        records.append(chunk_checkpoint(item, chunk_size, probe=False))
+        records.append(chunk_checkpoint(item, chunk_size))
     return records
 
 

@@ -26,6 +26,7 @@ from pipeline.baselines import (
 )
 from pipeline.chunking import chunk_checkpoint
 from pipeline.evaluation import regression_metrics
+from pipeline.probes import probe_columns
 
 
 def _mlp_state(seed: int) -> dict[str, np.ndarray]:
@@ -179,7 +180,8 @@ def _scaled_zoo(count: int, mixed: bool = False) -> tuple[dict[str, dict], dict[
             module, id=f"n{i:03d}", family=arch["family"], dataset="ab"[i % 2], architecture=arch,
             properties={"test_accuracy": scale},
         )  # fmt: skip
-        rows[checkpoint.id] = baseline_row(chunk_checkpoint(checkpoint, 8), "test_accuracy", flat=True)
+        record = chunk_checkpoint(checkpoint, 8) | probe_columns(checkpoint)
+        rows[checkpoint.id] = baseline_row(record, "test_accuracy", flat=True)
         assignment[checkpoint.id] = "train" if i < 0.4 * count else "val" if i < 0.6 * count else "test"
     return rows, assignment
 

@@ -16,6 +16,7 @@ from pipeline.chunking import (
     records_table,
     unchunk_record,
 )
+from pipeline.probes import probe_columns
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
 RNG = np.random.default_rng(0)
@@ -196,7 +197,8 @@ def test_records_table_is_the_table_from_pylist_builds():
     row that lacks keys."""
     from pipeline.generate import plan, train_checkpoint
 
-    rows = [chunk_checkpoint(c, 16) for spec in plan("tiny", 0, count=3) for c in train_checkpoint(spec)]
+    networks = [c for spec in plan("tiny", 0, count=3) for c in train_checkpoint(spec)]
+    rows = [chunk_checkpoint(c, 16) | probe_columns(c) for c in networks]
     assert all(r["probe"] is not None for r in rows)
     bare = dict(rows[0])
     for key in ("probe", "probe_probabilities", "test_accuracy", "hyperparameters"):

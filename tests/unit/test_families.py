@@ -263,7 +263,7 @@ def test_resnet_family_holds_batch_norms_and_residual_blocks():
     assert stats.weight.shape[1] == 2 and not np.allclose(stats.weight[:, 1], 1.0)
     assert checkpoint.num_params == _num_params(module)  # running statistics are not parameters
     # Through a chunk record and back: the same network, bit for bit.
-    record = chunk_checkpoint(checkpoint, 5, probe=False)
+    record = chunk_checkpoint(checkpoint, 5)
     norm = record["layer_kind"].index("norm_stats")
     assert record["layer_element_size"][norm] == 2 and record["layer_fan_in"][norm] == 1
     with torch.no_grad():

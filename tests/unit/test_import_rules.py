@@ -1,5 +1,5 @@
-"""Import rules that keep the design easy to see: the set blocks depend on torch alone, and one module
-speaks to MLflow."""
+"""Import rules that keep the design easy to see: the set blocks depend on torch alone, one module speaks to
+MLflow, and chunking runs no network."""
 
 import ast
 from pathlib import Path
@@ -7,15 +7,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _imported(path: Path) -> set[str]:
-    """Top-level package of every module ``path`` imports (at any depth in the file)."""
+def _imported_modules(path: Path) -> set[str]:
+    """Full dotted name of every module ``path`` imports (at any depth in the file)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
-    return {n.split(".")[0] for n in names}
+    return names
+
+
+def _imported(path: Path) -> set[str]:
+    """Top-level package of every module ``path`` imports."""
+    return {n.split(".")[0] for n in _imported_modules(path)}
 
 
 def test_the_set_blocks_import_nothing_of_the_project():
@@ -33,3 +38,10 @@ def test_only_the_tracking_module_imports_mlflow():
     assert len(sources) > 20
     users = sorted(str(p.relative_to(ROOT)) for p in sources if "mlflow" in _imported(p))
     assert users == ["pipeline/tracking.py"]
+
+
+def test_chunking_reads_weights_and_never_runs_a_network():
+    """Probing is prepare's own stage (pipeline.probes.probe_table); chunking builds no torch module."""
+    imported = _imported_modules(ROOT / "pipeline" / "chunking.py")
+    assert "torch" not in _imported(ROOT / "pipeline" / "chunking.py")
+    assert not {"pipeline.probes", "pipeline.families"} & imported

@@ -277,7 +277,7 @@ def test_a_network_with_batch_norms_and_no_architecture_has_no_permutation():
     del checkpoint.hyperparameters["architecture"]  # as read from a folder of bare state dicts
     assert random_permutation(checkpoint, np.random.default_rng(0)) is None
     checkpoint.properties = {"test_accuracy": 0.3}
-    assert permute_record(chunk_checkpoint(checkpoint, 4, probe=False), np.random.default_rng(0)) is None
+    assert permute_record(chunk_checkpoint(checkpoint, 4), np.random.default_rng(0)) is None
 
 
 def test_a_batch_with_an_unpermutable_network_trains_it_on_the_task_loss_alone():
@@ -290,7 +290,7 @@ def test_a_batch_with_an_unpermutable_network_trains_it_on_the_task_loss_alone()
     torch.manual_seed(2)
     net, _ = _mlp()
     plain = Checkpoint("m", "mlp", "digits", _layers_of(net), {"test_accuracy": 0.6})
-    records = [chunk_checkpoint(c, 4, probe=False) for c in (resnet, plain)]
+    records = [chunk_checkpoint(c, 4) for c in (resnet, plain)]
     config = TrainConfig(chunk_size=4, invariance_weight=1.0, hidden=16, heads=2)
     encoder = build_encoder(config, ("digits",))
     step = train_step(

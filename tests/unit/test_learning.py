@@ -36,7 +36,7 @@ def small_cnn_records() -> list[dict]:
     specs = plan("small", seed=3, format="smallcnnzoo", datasets=("digits",), count=NETWORKS)
     torch.set_num_threads(1)
     checkpoints = [train_checkpoint({**spec, "snapshots": False})[0] for spec in specs]
-    return [chunk_checkpoint(c, 16, probe=False) for c in checkpoints]
+    return [chunk_checkpoint(c, 16) for c in checkpoints]
 
 
 def _fit_own_networks(records: list[dict], overrides: dict, steps: int = 120) -> dict:

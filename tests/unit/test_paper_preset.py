@@ -49,7 +49,7 @@ def test_paper_encoder_ignores_padding_and_chunk_order(checkpoint_factory):
     encoder = build_encoder(config).eval()
     from pipeline.chunking import chunk_checkpoint
 
-    records = [chunk_checkpoint(checkpoint_factory(i, "cnn"), 4, probe=False) for i in range(3)]
+    records = [chunk_checkpoint(checkpoint_factory(i, "cnn"), 4) for i in range(3)]
     with torch.no_grad():
         alone = encoder(collate(records[:1], config))
         together = encoder(collate(records, config))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline import families
-from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint
+from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint, records_table
 from pipeline.collate import collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
 from pipeline.export import load_peers, save_encoder
@@ -16,7 +16,9 @@ from pipeline.probes import (
     PROBE_FEATURES,
     PeerConsensus,
     probabilities_of,
+    probe_columns,
     probe_summary,
+    probe_table,
     run_probes,
 )
 from pipeline.zoo.checkpoint import Checkpoint, Layer
@@ -139,7 +141,7 @@ def test_records_carry_the_probe_or_null_and_collate_marks_which():
     # An architecture its layers do not fit is not runnable either.
     misnamed = dataclasses.replace(bare, hyperparameters=dict(probed.hyperparameters))
     assert probe_summary(misnamed) is None
-    records = [chunk_checkpoint(bare, 4), chunk_checkpoint(probed, 4)]
+    records = [chunk_checkpoint(c, 4) | probe_columns(c) for c in (bare, probed)]
     assert records[0]["probe"] is None and len(records[1]["probe"]) == PROBE_FEATURES
     # Both kinds survive Parquet's schema, and a permuted copy keeps the original's probe.
     back = pa.Table.from_pylist(records, schema=CHUNK_RECORD_SCHEMA).to_pylist()
@@ -174,7 +176,8 @@ def test_records_carry_the_probe_or_null_and_collate_marks_which():
 
 @pytest.mark.parametrize("key, switch", [("probe", "probe_summary"), ("peer", "peer_agreement")])
 def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(key, switch):
-    records = [chunk_checkpoint(_network("mlp", "digits", seed=s), 4) for s in range(3)]
+    networks = [_network("mlp", "digits", seed=s) for s in range(3)]
+    records = [chunk_checkpoint(c, 4) | probe_columns(c) for c in networks]
     for r in records:
         r["peer"] = [0.5, 0.4, 1.0, 0.6, 0.3, 2.0]
     batch = collate_chunk_records(records, links=True)
@@ -198,7 +201,7 @@ def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(ke
 
 def test_the_peer_consensus_travels_with_the_exported_encoder(tmp_path):
     networks = [_network("mlp", "digits", seed=s) for s in range(4)]
-    records = [chunk_checkpoint(c, 4) for c in networks]
+    records = [chunk_checkpoint(c, 4) | probe_columns(c) for c in networks]
     consensus = PeerConsensus.fit(
         [r["id"] for r in records[:3]], ["digits"] * 3, [probabilities_of(r) for r in records[:3]]
     )
@@ -207,3 +210,27 @@ def test_the_peer_consensus_travels_with_the_exported_encoder(tmp_path):
     for r in records:  # members (left out of their own consensus) and a new network alike
         np.testing.assert_array_equal(back.record_features(r), consensus.record_features(r))
     assert load_peers(str(tmp_path / "none")) is None
+
+
+def test_the_probe_stage_fills_in_what_running_each_network_gives_and_leaves_the_rest_null():
+    """Chunking never runs a network; prepare's probe stage rebuilds each runnable network from its chunk
+    record and fills in exactly what probing the original network gives, through Parquet's types."""
+    runnable = [_network("mlp", "digits", seed=s) for s in range(2)] + [_network("cnn", "digits", seed=3)]
+    rng = np.random.default_rng(0)
+    layer = Layer("0", "linear", rng.normal(size=(4, 3)).astype(np.float32), np.zeros(4, np.float32))
+    unrunnable = Checkpoint("bare", "mlp", "digits", [layer], {"test_accuracy": 0.3})
+    networks = [runnable[0], unrunnable, *runnable[1:]]
+    chunked = records_table([chunk_checkpoint(c, 5) for c in networks])
+    assert chunked.column("probe").null_count == len(networks)
+
+    probed = probe_table(chunked)
+    assert probed.schema.equals(CHUNK_RECORD_SCHEMA, check_metadata=True)
+    assert probed.drop_columns(["probe", "probe_probabilities"]).equals(
+        chunked.drop_columns(["probe", "probe_probabilities"])
+    )
+    expected = records_table([chunk_checkpoint(c, 5) | probe_columns(c) for c in networks])
+    assert probed.column("probe").equals(expected.column("probe"))
+    assert probed.column("probe_probabilities").equals(expected.column("probe_probabilities"))
+    rows = probed.to_pylist()
+    assert rows[1]["probe"] is None and rows[1]["probe_probabilities"] is None
+    assert all(len(rows[i]["probe"]) == PROBE_FEATURES for i in (0, 2, 3))
