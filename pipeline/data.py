@@ -450,9 +450,9 @@ def load_chunk_dataset(records_uri: str, columns: list[str] | None = None, shuff
     """The chunk records of a complete output as a Ray Dataset (streamed from storage). With
     ``shuffle_seed`` the files are read in a fresh order at every execution (every epoch), the same
     sequence of orders for the same seed: with a bounded local shuffle on top, a pass over a zoo too large
-    to hold mixes networks from all over it without materialising it. (Measured with Ray 2.60 through the
-    streaming split Ray Train uses: the first two epochs read the files in one order, every later epoch in
-    its own.)"""
+    to hold mixes networks from all over it without materialising it. (Measured with Ray 2.60's file-based
+    reader through the streaming split Ray Train uses: the first two epochs read the files in one order,
+    every later epoch in its own.)"""
     import ray
     from ray.data import DataContext, FileShuffleConfig
 
