@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.baselines import STATS_PER_TENSOR, layer_summary, link_summaries, tensor_statistics
+from pipeline.baselines import (
+    LAYER_SUMMARY,
+    LINK_SUMMARY,
+    STATS_PER_TENSOR,
+    layer_summary,
+    link_summaries,
+    tensor_statistics,
+)
 from pipeline.chunking import SCHEMA_VERSION
 from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 from pipeline.zoo.checkpoint import LAYER_KINDS
@@ -21,6 +28,15 @@ from pipeline.zoo.checkpoint import LAYER_KINDS
 NORMALIZATIONS = ("fan_in", "none")
 # Per layer: STATNN's 7 statistics of its (normalised) weights, then the same of its bias.
 LAYER_STATISTICS = 2 * STATS_PER_TENSOR
+# The width of each side input a collated batch carries beside the chunks (per layer or per network): what an
+# encoder reading them is built for (encoder.EncoderConfig.input_widths).
+INPUT_WIDTHS = {
+    "layer_statistics": LAYER_STATISTICS,
+    "layer_summary": LAYER_SUMMARY,
+    "layer_links": LINK_SUMMARY,
+    "probe": PROBE_FEATURES,
+    "peer": PEER_FEATURES,
+}
 
 
 def records_from_batch(batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict[str, Any]]:

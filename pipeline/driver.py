@@ -74,10 +74,10 @@ def training_input_scaling(train, peer_agreement: bool) -> dict:
     """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the values the training split (a Ray
     Dataset, streamed once) feeds the encoder: the peer agreement as split_datasets attached it, each
     network compared with the others."""
+    from pipeline.collate import INPUT_WIDTHS
     from pipeline.encoder import InputScaling
-    from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
-    columns = {"probe": PROBE_FEATURES, **({"peer": PEER_FEATURES} if peer_agreement else {})}
+    columns = {name: INPUT_WIDTHS[name] for name in ("probe", "peer") if name == "probe" or peer_agreement}
     moments = {name: InputScaling.Moments(width) for name, width in columns.items()}
     for batch in train.select_columns(list(columns)).iter_batches(batch_format="pyarrow", batch_size=1024):
         for name in columns:

@@ -10,7 +10,7 @@ T chunks, C chunk size, E element size, D hidden width.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,18 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY
-from pipeline.collate import LAYER_STATISTICS
-from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 from pipeline.sets import MAB, PMA, SAB, SegmentMAB, dense_sets, feedforward, micro_batched, sinusoid
 
 BLOCKS = ("paper", "compact", "deepsets")
 ELEMENT_PROJECTIONS = ("linear", "random_features")
-# EncoderConfig.layer_summary → (the batch keys collate fills, read side by side; their width per layer).
+# EncoderConfig.layer_summary → the batch keys collate fills, read side by side.
 LAYER_SUMMARIES = {
-    "sets": (("layer_summary",), LAYER_SUMMARY),
-    "statnn": (("layer_statistics",), LAYER_STATISTICS),
-    "links": (("layer_summary", "layer_links"), LAYER_SUMMARY + LINK_SUMMARY),
+    "sets": ("layer_summary",),
+    "statnn": ("layer_statistics",),
+    "links": ("layer_summary", "layer_links"),
 }
 ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
 
@@ -94,6 +91,19 @@ class EncoderConfig:
     # Networks of any other dataset, or hidden in training (dataset_present 0), get the vector of an unknown
     # one. Empty: no dataset is read (the paper's SNE; encoders exported before it).
     datasets: tuple[str, ...] = ()
+    # The width of each side input the batches carry (pipeline.collate.INPUT_WIDTHS), at least of those this
+    # encoder reads: the encoder is built for them without importing what computes them, and an export
+    # records what it reads.
+    input_widths: dict[str, int] = field(default_factory=dict)
+
+    def side_inputs(self) -> tuple[str, ...]:
+        """The batch keys of the side inputs this encoder reads (each needs a width in input_widths)."""
+        keys = LAYER_SUMMARIES.get(self.layer_summary, ()) if self.layer_statistics else ()
+        return (
+            *keys,
+            *(("probe",) if self.probe_summary else ()),
+            *(("peer",) if self.peer_agreement else ()),
+        )
 
     def __post_init__(self) -> None:
         self.datasets = tuple(str(d) for d in self.datasets)  # a JSON export reads back a list
@@ -133,6 +143,13 @@ class EncoderConfig:
         if self.layer_summary not in LAYER_SUMMARIES:
             raise ValueError(
                 f"layer_summary must be one of {tuple(LAYER_SUMMARIES)}, got {self.layer_summary!r}"
+            )
+        self.input_widths = {str(k): int(v) for k, v in self.input_widths.items()}
+        missing = [key for key in self.side_inputs() if self.input_widths.get(key, 0) < 1]
+        if missing:
+            raise ValueError(
+                f"EncoderConfig.input_widths needs a positive width for {', '.join(missing)}, the side inputs "
+                "this encoder reads (pipeline.collate.INPUT_WIDTHS has them)"
             )
 
 
@@ -427,9 +444,9 @@ class SNE(nn.Module):
     layers may share a batch. Memory follows chunk_micro_batch; only the (T, D) chunk vectors scale with T.
     """
 
-    def __init__(self, cfg: EncoderConfig | None = None) -> None:
+    def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.cfg = cfg = cfg or EncoderConfig()
+        self.cfg = cfg
         d = cfg.hidden
         self.weight_chunks = ChunkEncoder(cfg, cfg.max_element_size)
         self.bias_chunks = ChunkEncoder(cfg, 1)
@@ -448,30 +465,35 @@ class SNE(nn.Module):
         self.network_sab2 = SAB(d, cfg.heads) if paper else None
         self.embedding_norm = nn.BatchNorm1d(d) if cfg.embedding_norm else nn.Identity()
         self.statistics = (
-            nn.Sequential(nn.Linear(LAYER_SUMMARIES[cfg.layer_summary][1], d), nn.GELU(), nn.Linear(d, d))
+            nn.Sequential(
+                nn.Linear(self._width(*LAYER_SUMMARIES[cfg.layer_summary]), d), nn.GELU(), nn.Linear(d, d)
+            )
             if cfg.layer_statistics
             else None
         )
         self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
         # Built last, so the other parts start from the same draws with and without it.
         self.probe = (
-            nn.Sequential(nn.Linear(PROBE_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+            nn.Sequential(nn.Linear(self._width("probe"), d), nn.GELU(), nn.Linear(d, d))
             if cfg.probe_summary
             else None
         )
         self.peer = (
-            nn.Sequential(nn.Linear(PEER_FEATURES, d), nn.GELU(), nn.Linear(d, d))
+            nn.Sequential(nn.Linear(self._width("peer"), d), nn.GELU(), nn.Linear(d, d))
             if cfg.peer_agreement
             else None
         )
         # Buffers only: they draw nothing from the generator.
-        self.probe_scaling = InputScaling(PROBE_FEATURES) if cfg.probe_summary else None
-        self.peer_scaling = InputScaling(PEER_FEATURES) if cfg.peer_agreement else None
+        self.probe_scaling = InputScaling(self._width("probe")) if cfg.probe_summary else None
+        self.peer_scaling = InputScaling(self._width("peer")) if cfg.peer_agreement else None
         # Row 0 is the unknown dataset. Zero at the start, so an encoder begins as it would without them.
         self.dataset_vectors = nn.Embedding(len(cfg.datasets) + 1, d) if cfg.datasets else None
         if self.dataset_vectors is not None:
             nn.init.zeros_(self.dataset_vectors.weight)
         self._dataset_row = {name: row for row, name in enumerate(cfg.datasets, start=1)}
+
+    def _width(self, *keys: str) -> int:
+        return sum(self.cfg.input_widths[key] for key in keys)
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Embeddings z (B, D) of the checkpoints in a packed batch."""
@@ -524,7 +546,7 @@ class SNE(nn.Module):
             layers = layers + depth_code
         if self.statistics is not None:
             # Soft-clipped like the chunk elements: a diverged network's moments stay bounded.
-            keys = LAYER_SUMMARIES[cfg.layer_summary][0]
+            keys = LAYER_SUMMARIES[cfg.layer_summary]
             missing = [key for key in keys if key not in batch]
             if missing:
                 raise KeyError(

@@ -18,11 +18,11 @@ import torch
 
 from pipeline import storage
 from pipeline.chunking import chunk_checkpoint
-from pipeline.collate import collate_chunk_records
+from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
 from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_peers, load_training_ids
-from pipeline.probes import probe_columns
+from pipeline.probes import NO_PROBE, probe_columns
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
@@ -54,15 +54,25 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
         meta["peers"] = load_peers(encoder)
     # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
     # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes
-    # (nor, before the peer consensus, peer agreement).
+    # (nor, before the peer consensus, peer agreement); none before their input widths were recorded
+    # read other widths than collate's.
     older = {
+        "input_widths": INPUT_WIDTHS,
         "embedding_norm": False,
         "layer_statistics": False,
         "layer_summary": "statnn",
         "probe_summary": False,
         "peer_agreement": False,
     }
-    sne = build_set_encoder(EncoderConfig(**{**older, **meta["encoder"]}))
+    cfg = EncoderConfig(**{**older, **meta["encoder"]})
+    other = {k: cfg.input_widths[k] for k in cfg.side_inputs() if cfg.input_widths[k] != INPUT_WIDTHS.get(k)}
+    if other:
+        raise ValueError(
+            f"encoder {encoder} reads side inputs of other widths than this code computes ("
+            + ", ".join(f"{k}: {w}, here {INPUT_WIDTHS.get(k)}" for k, w in other.items())
+            + "); predict with the version that trained it, or train it again"
+        )
+    sne = build_set_encoder(cfg)
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     # Encoders exported before the input scaling read their side inputs through asinh alone: the identity
     # scaling a fresh encoder holds.
@@ -93,8 +103,7 @@ def _chunked(checkpoints: list, chunk_sizes: list[int], probe: bool) -> dict[int
     """{chunk size: chunk records of ``checkpoints``}. The probes run once per network, and only where
     ``probe`` (an encoder reads them): what a network computes does not depend on how its weights are cut,
     so every chunk size carries the same probe columns."""
-    empty = {"probe": None, "probe_probabilities": None}
-    probed = [probe_columns(c) if probe else empty for c in checkpoints]
+    probed = [probe_columns(c) if probe else NO_PROBE for c in checkpoints]
     return {
         size: [chunk_checkpoint(c, size) | columns for c, columns in zip(checkpoints, probed, strict=True)]
         for size in sorted(set(chunk_sizes))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.collate import collate_chunk_records, records_from_batch
+from pipeline.collate import INPUT_WIDTHS, collate_chunk_records, records_from_batch
 from pipeline.config import TrainConfig, from_dict
 from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics
@@ -61,6 +61,7 @@ def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> Encod
         probe_summary=config.probe_summary,
         peer_agreement=config.peer_agreement,
         datasets=tuple(sorted(set(datasets))) if config.dataset_vectors else (),
+        input_widths=INPUT_WIDTHS,
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.chunking import chunk_checkpoint
-from pipeline.collate import collate_chunk_records
+from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
 from pipeline.encoder import SNE, DeepSets, EncoderConfig, InputScaling, build_set_encoder
 from pipeline.evaluation import regression_metrics
 from pipeline.probes import PROBE_FEATURES
@@ -15,7 +15,9 @@ from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-SMALL = EncoderConfig(hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64)
+SMALL = EncoderConfig(
+    hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64, input_widths=INPUT_WIDTHS
+)
 
 
 def _w(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -67,7 +69,7 @@ def test_mixed_batch_shapes():
 
 
 def test_default_encoder_runs():
-    encoder = _encoder(EncoderConfig())
+    encoder = _encoder(EncoderConfig(input_widths=INPUT_WIDTHS))
     with torch.no_grad():
         assert encoder(_batch(_mixed_checkpoints(), 16)).shape == (3,)
 
@@ -213,6 +215,22 @@ def test_an_encoder_that_reads_links_says_how_to_collate_them():
         _embed(_encoder(dataclasses.replace(SMALL, layer_summary="links")), batch)
 
 
+def test_an_encoder_is_built_for_the_widths_of_what_it_reads_and_says_which_are_missing():
+    """The encoder imports nothing that computes its side inputs: their widths come with its config."""
+    with pytest.raises(
+        ValueError, match=r"input_widths needs a positive width for layer_summary, layer_links, probe"
+    ):
+        EncoderConfig()
+    weights_only = EncoderConfig(layer_statistics=False, probe_summary=False)
+    assert weights_only.side_inputs() == () and weights_only.input_widths == {}
+    statnn = dataclasses.replace(SMALL, layer_summary="statnn", probe_summary=False)
+    assert statnn.side_inputs() == ("layer_statistics",)
+    encoder = _encoder(statnn)
+    assert encoder.statistics[0].in_features == INPUT_WIDTHS["layer_statistics"]
+    wide = _encoder(dataclasses.replace(SMALL, input_widths={**INPUT_WIDTHS, "probe": 7}))
+    assert wide.probe[0].in_features == 7 and wide.probe_scaling.mean.shape == (7,)
+
+
 def test_config_and_encoder_agree_on_the_summary_kinds():
     from pipeline.config import LAYER_SUMMARIES as config_kinds
     from pipeline.encoder import LAYER_SUMMARIES
@@ -344,6 +362,17 @@ def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
     assert loaded.cfg.layer_summary == "statnn"
     batch = _batch(_mixed_checkpoints())
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
+
+
+def test_an_encoder_built_for_other_side_input_widths_is_refused_by_name(tmp_path):
+    from pipeline.export import save_encoder
+    from pipeline.predict import load_encoder
+
+    other = _encoder(dataclasses.replace(SMALL, input_widths={**INPUT_WIDTHS, "probe": 7}))
+    state = {k: v.numpy() for k, v in other.state_dict().items()}
+    save_encoder(str(tmp_path), state, {"encoder": dataclasses.asdict(other.cfg)})
+    with pytest.raises(ValueError, match=rf"other widths.*probe: 7, here {PROBE_FEATURES}"):
+        load_encoder(str(tmp_path))
 
 
 def _exported_encoder_and_zoo(tmp_path, encoder, checkpoints, training_ids=None, **meta) -> tuple[str, str]:
@@ -552,7 +581,12 @@ def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
 
     old = _encoder(SMALL)
     state = {k: v.numpy() for k, v in old.state_dict().items() if not k.startswith("probe_scaling.")}
-    meta = {"encoder": {k: v for k, v in dataclasses.asdict(old.cfg).items() if k != "datasets"}}
+    # As such exports were written: without the datasets or the side inputs' widths.
+    meta = {
+        "encoder": {
+            k: v for k, v in dataclasses.asdict(old.cfg).items() if k not in ("datasets", "input_widths")
+        }
+    }
     save_encoder(str(tmp_path), state, meta)
     loaded, _ = load_encoder(str(tmp_path))
     torch.testing.assert_close(loaded.probe_scaling.scale, torch.ones(PROBE_FEATURES))

@@ -1,5 +1,5 @@
-"""Import rules that keep the design easy to see: the set blocks depend on torch alone, one module speaks to
-MLflow, and chunking runs no network."""
+"""Import rules that keep the design easy to see: the set blocks depend on torch alone, the encoder on them
+alone, one module speaks to MLflow, and chunking runs no network."""
 
 import ast
 from pathlib import Path
@@ -31,6 +31,12 @@ def test_the_set_blocks_import_nothing_of_the_project():
         "typing",
         "torch",
     }
+
+
+def test_the_encoder_imports_of_the_project_only_the_set_blocks():
+    """SNE's hierarchy reads its side inputs' widths from its config, not from what computes them."""
+    imported = _imported_modules(ROOT / "pipeline" / "encoder.py")
+    assert {n for n in imported if n.split(".")[0] == "pipeline"} == {"pipeline.sets"}
 
 
 def test_only_the_tracking_module_imports_mlflow():

@@ -1,5 +1,7 @@
 """The paper preset is the published SNE and reads nothing but weights."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -38,7 +40,7 @@ def test_paper_preset_block_structure():
     assert encoder.merge_sab2 is not None and encoder.network_sab2 is not None
     assert _sabs(encoder) == 2 * 4 + 2 * 2 + 2 + 2
     # The compact arrangement keeps its induced attention over chunks and single SABs.
-    compact = SNE(encoder_config(paper()).__class__(hidden=32, heads=4, blocks="compact"))
+    compact = SNE(dataclasses.replace(encoder_config(paper()), hidden=32, heads=4, blocks="compact"))
     assert isinstance(compact.weight_layers, LayerPool) and compact.network_sab2 is None
 
 
