@@ -161,8 +161,7 @@ def chunk_checkpoint(checkpoint: Checkpoint, chunk_size: int) -> dict[str, Any]:
     # hand the target to any model that reads them; only the property columns carry it.
     hyperparameters = {k: v for k, v in checkpoint.hyperparameters.items() if k not in PROPERTY_COLUMNS}
     record["hyperparameters"] = json.dumps(hyperparameters, sort_keys=True)
-    record["probe"] = None
-    record["probe_probabilities"] = None
+    record["probe"] = record["probe_probabilities"] = None  # filled in by prepare's probe stage
     return record
 
 

@@ -231,6 +231,10 @@ class PeerConsensus:
         return cls({k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, meta["members"])
 
 
+# A chunk record's probe columns for a network that is not probed.
+NO_PROBE = {"probe": None, "probe_probabilities": None}
+
+
 def probe_columns(checkpoint) -> dict[str, Any]:
     """A chunk record's probe columns for a checkpoint (``chunking.CHUNK_RECORD_SCHEMA``): its probe
     summary and its class probabilities on the probes, each None where the network cannot be run or has
@@ -260,7 +264,7 @@ def probe_table(table):
         found = (
             probe_columns(checkpoint_from_record(record))
             if runnable_architecture(hyperparameters) is not None
-            else {"probe": None, "probe_probabilities": None}
+            else NO_PROBE
         )
         probes.append(found["probe"])
         probabilities.append(found["probe_probabilities"])

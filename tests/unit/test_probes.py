@@ -7,7 +7,7 @@ import torch
 
 from pipeline import families
 from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint, records_table
-from pipeline.collate import collate_chunk_records
+from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
 from pipeline.encoder import SNE, EncoderConfig
 from pipeline.export import load_peers, save_encoder
 from pipeline.invariance import permute_record, random_hidden_permutation
@@ -182,7 +182,13 @@ def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(ke
         r["peer"] = [0.5, 0.4, 1.0, 0.6, 0.3, 2.0]
     batch = collate_chunk_records(records, links=True)
     cfg = EncoderConfig(
-        hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64, peer_agreement=True
+        hidden=32,
+        heads=4,
+        inducing_points=4,
+        head_hidden=32,
+        chunk_micro_batch=64,
+        peer_agreement=True,
+        input_widths=INPUT_WIDTHS,
     )
     torch.manual_seed(0)
     encoder = SNE(cfg).eval()
