@@ -31,60 +31,65 @@ LAYER_SUMMARIES = {
 ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EncoderConfig:
-    """Sizes and switches of the SNE encoder and its head (plain values: crosses Ray boundaries as a dict)."""
+    """Sizes and switches of the SNE encoder and its head (plain values: crosses Ray boundaries as a dict).
 
-    hidden: int = 64  # D
-    heads: int = 4
-    inducing_points: int = 8  # m of the layer encoder's induced set attention
+    The fields without a default are a run's choices: pipeline.train.encoder_config copies each from the
+    TrainConfig field of the same name, whose default and --help line are their only ones. The comments here
+    say what each does inside the encoder.
+    """
+
+    hidden: int  # D
+    heads: int
+    inducing_points: int  # m of the layer encoder's induced set attention
     max_element_size: int = 49  # largest kernel the element projection accepts (7x7)
-    chunk_micro_batch: int = 2048  # chunks encoded at once; memory follows this, not the parameter count
+    chunk_micro_batch: int  # chunks encoded at once; memory follows this, not the parameter count
     checkpoint_chunks: bool = True  # recompute micro-batches in backward so training memory stays bounded
-    positional_encoding: bool = True  # layer-type + depth encodings; False is the paper's ablation
+    positional_encoding: bool  # layer-type + depth encodings; False is the paper's ablation
     # Chunk → layer → network. False pools every chunk of a network into its embedding at once, with the
     # layer encoder's pooling and no layer, merge or network stage: the paper's ablation "without positional
     # encodings and hierarchy" (with positional_encoding False), which raised its INR MSE from 0.098 to 7.452.
-    hierarchy: bool = True
+    hierarchy: bool
     head_hidden: int = 64
     # "paper": the published arrangement (docs/model.md): two SABs in every set-to-set stage, SABs over a
     # layer's chunks. "compact": one SAB after the chunk encodings and in the merge and network stages, an
     # induced set attention over a layer's chunks (linear in their count, so a big layer fits in memory).
     # "deepsets": not SNE but the DeepSets baseline of the paper's tables (DeepSets below): every weight is
     # one member of a single set, no attention, no layers, no positions.
-    blocks: str = "compact"
+    blocks: str
     # How a chunk element (a scalar weight or a k*k kernel) becomes a D-vector: "linear", or
     # "random_features" (Linear → GELU → Linear, the first initialised as random features), which keeps an
     # element's magnitude through the first LayerNorm: validation tau 0.649 against 0.622 for "linear" over
     # three seeds on a Small CNN Zoo layout zoo (docs/model.md).
-    element_projection: str = "random_features"
+    element_projection: str
     # Batch-standardise the embedding before the head. Each pooling stage averages many elements, so at
     # initialisation the embeddings of different networks differ by ~1e-3 of their norm (measured on the small
     # zoo; ~1e-4 on tiny MLPs) and the head sees nearly one point; standardising across the batch restores
     # a unit spread between checkpoints from the first step.
-    embedding_norm: bool = True
+    embedding_norm: bool
     # Add an MLP of a summary of each layer to the layer vector before the network encoder. Our addition to
     # the paper's SNE: attention over chunks learns such moments slowly from ~1,000 networks, and they carry
     # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
     # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
     # tensor) as features for trees on both our zoos (research/zoo_ceiling.py) and inside SNE (docs/results.md); "statnn"
-    # reads encoders exported before "sets" existed. "links" (the default) adds to "sets" each layer's
+    # reads encoders exported before "sets" existed. "links" (a run's default) adds to "sets" each layer's
     # link_summaries: how its units' gains chain with the layers around it, which no layer on its own
     # shows. All are permutation-invariant, so a network and its permuted copy share them and logit
     # invariance acts on the chunk path alone.
-    layer_statistics: bool = True
-    layer_summary: str = "links"
+    layer_statistics: bool
+    layer_summary: str
     # Add an MLP of the network's probe vector (pipeline.probes: what it computes on fixed data-free noise
     # inputs) to the network embedding. Our addition, not the paper's: the function fixes most of what SNE
     # predicts, and reading it off weight statistics takes more training networks than a zoo has (docs/results.md).
     # Networks without a probe (no runnable architecture) add nothing; a function-preserving permutation
     # keeps the probe, so logit invariance still acts on the weight path.
-    probe_summary: bool = True
+    probe_summary: bool
     # Add an MLP of each classifier's agreement on those probes with the training networks of its dataset
     # (pipeline.probes.PeerConsensus; the records' "peer" column). Absent (no probabilities, a dataset
     # no training network had) adds nothing. Off by default: where the test networks have none (an unseen
     # dataset) it costs R² even with training's context dropout (docs/results.md: cross-dataset R² 0.61 -> 0.44).
-    peer_agreement: bool = False
+    peer_agreement: bool
     # The datasets of the training networks, sorted. Each gets a learned vector added to the embedding: what
     # networks trained for that task tend to reach, which no weight or probe shows on its own (on small,
     # trees on the probe and peer numbers rank test accuracy at tau 0.78, and 0.80 told the dataset; docs/results.md).
@@ -370,9 +375,9 @@ class DeepSets(nn.Module):
     invariant to every permutation of a network's weights, function-preserving or not.
     """
 
-    def __init__(self, cfg: EncoderConfig | None = None) -> None:
+    def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.cfg = cfg = cfg or EncoderConfig(blocks="deepsets", layer_statistics=False, probe_summary=False)
+        self.cfg = cfg
         d = cfg.hidden
         self.weight_project = nn.Linear(cfg.max_element_size, d)
         self.bias_project = nn.Linear(1, d)

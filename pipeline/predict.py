@@ -7,6 +7,7 @@ in batches, so memory follows the batch, not the zoo.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import re
 import sys
@@ -55,16 +56,29 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
     # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
     # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes
     # (nor, before the peer consensus, peer agreement); none before their input widths were recorded
-    # read other widths than collate's.
+    # read other widths than collate's; those before the blocks, the element projection or the hierarchy
+    # could be chosen had the ones a run takes by default.
     older = {
         "input_widths": INPUT_WIDTHS,
+        "positional_encoding": True,
+        "hierarchy": True,
+        "blocks": "compact",
+        "element_projection": "random_features",
         "embedding_norm": False,
         "layer_statistics": False,
         "layer_summary": "statnn",
         "probe_summary": False,
         "peer_agreement": False,
     }
-    cfg = EncoderConfig(**{**older, **meta["encoder"]})
+    recorded = {**older, **meta["encoder"]}
+    missing = [
+        f.name
+        for f in dataclasses.fields(EncoderConfig)
+        if f.name not in recorded and f.default is f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"encoder {encoder} does not record its {', '.join(missing)}: it cannot be rebuilt")
+    cfg = EncoderConfig(**recorded)
     other = {k: cfg.input_widths[k] for k in cfg.side_inputs() if cfg.input_widths[k] != INPUT_WIDTHS.get(k)}
     if other:
         raise ValueError(

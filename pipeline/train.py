@@ -8,6 +8,7 @@ predictions from rank 0 (``Result.return_value``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -44,22 +45,20 @@ class TargetScaler:
         return y * self.std + self.mean
 
 
+# The encoder's settings a run chooses (TrainConfig holds their defaults and help; EncoderConfig leaves them
+# without one).
+RUN_ENCODER_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(EncoderConfig)
+    if f.name in {g.name for g in dataclasses.fields(TrainConfig)}
+)
+
+
 def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> EncoderConfig:
-    """The encoder a run trains; ``datasets``: its training networks' datasets (read with dataset_vectors)."""
+    """The encoder a run trains: every EncoderConfig field the run config also has, taken from it;
+    ``datasets``: its training networks' datasets (read with dataset_vectors)."""
     return EncoderConfig(
-        hidden=config.hidden,
-        heads=config.heads,
-        inducing_points=config.inducing_points,
-        chunk_micro_batch=config.chunk_micro_batch,
-        positional_encoding=config.positional_encoding,
-        hierarchy=config.hierarchy,
-        blocks=config.blocks,
-        element_projection=config.element_projection,
-        embedding_norm=config.embedding_norm,
-        layer_statistics=config.layer_statistics,
-        layer_summary=config.layer_summary,
-        probe_summary=config.probe_summary,
-        peer_agreement=config.peer_agreement,
+        **{name: getattr(config, name) for name in RUN_ENCODER_FIELDS},
         datasets=tuple(sorted(set(datasets))) if config.dataset_vectors else (),
         input_widths=INPUT_WIDTHS,
     )

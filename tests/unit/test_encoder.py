@@ -7,16 +7,20 @@ import torch
 
 from pipeline.chunking import chunk_checkpoint
 from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
+from pipeline.config import TrainConfig
 from pipeline.encoder import SNE, DeepSets, EncoderConfig, InputScaling, build_set_encoder
 from pipeline.evaluation import regression_metrics
 from pipeline.probes import PROBE_FEATURES
+from pipeline.train import RUN_ENCODER_FIELDS, encoder_config
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-SMALL = EncoderConfig(
-    hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64, input_widths=INPUT_WIDTHS
+# The encoder a run of the default config trains, made smaller and cheaper.
+DEFAULT = encoder_config(TrainConfig())
+SMALL = dataclasses.replace(
+    DEFAULT, hidden=32, heads=4, inducing_points=4, head_hidden=32, chunk_micro_batch=64
 )
 
 
@@ -69,9 +73,27 @@ def test_mixed_batch_shapes():
 
 
 def test_default_encoder_runs():
-    encoder = _encoder(EncoderConfig(input_widths=INPUT_WIDTHS))
+    encoder = _encoder(DEFAULT)
     with torch.no_grad():
         assert encoder(_batch(_mixed_checkpoints(), 16)).shape == (3,)
+
+
+def test_a_run_chooses_the_encoders_settings_in_one_place():
+    """EncoderConfig has no defaults of its own for what a run chooses: each comes from TrainConfig."""
+    import pipeline.config
+
+    assert {"hidden", "blocks", "layer_summary", "probe_summary"} <= set(RUN_ENCODER_FIELDS)
+    without_default = {
+        f.name
+        for f in dataclasses.fields(EncoderConfig)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    assert without_default == set(RUN_ENCODER_FIELDS)
+    paper = encoder_config(pipeline.config.paper())
+    for name in RUN_ENCODER_FIELDS:
+        assert getattr(paper, name) == getattr(pipeline.config.paper(), name)
+    with pytest.raises(TypeError, match="hidden"):
+        EncoderConfig(heads=4)
 
 
 def test_a_checkpoint_is_encoded_the_same_alone_or_in_a_mixed_batch():
@@ -182,7 +204,7 @@ def test_without_the_hierarchy_a_network_is_one_set_of_chunks_whatever_their_lay
     encoder(batch).sum().backward()
     assert all(p.grad is not None for p in encoder.parameters())
     with pytest.raises(ValueError, match="layer_statistics=False"):
-        EncoderConfig(hierarchy=False)
+        dataclasses.replace(SMALL, hierarchy=False)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +227,7 @@ def test_layer_statistics_switch(kind, key, unread):
     assert without.statistics is None
     torch.testing.assert_close(_embed(without, other), _embed(without, batch))  # the summaries are not read
     with pytest.raises(ValueError, match="layer_summary"):
-        EncoderConfig(layer_summary="moments")
+        dataclasses.replace(SMALL, layer_summary="moments")
 
 
 def test_an_encoder_that_reads_links_says_how_to_collate_them():
@@ -220,8 +242,8 @@ def test_an_encoder_is_built_for_the_widths_of_what_it_reads_and_says_which_are_
     with pytest.raises(
         ValueError, match=r"input_widths needs a positive width for layer_summary, layer_links, probe"
     ):
-        EncoderConfig()
-    weights_only = EncoderConfig(layer_statistics=False, probe_summary=False)
+        dataclasses.replace(SMALL, input_widths={})
+    weights_only = dataclasses.replace(SMALL, layer_statistics=False, probe_summary=False, input_widths={})
     assert weights_only.side_inputs() == () and weights_only.input_widths == {}
     statnn = dataclasses.replace(SMALL, layer_summary="statnn", probe_summary=False)
     assert statnn.side_inputs() == ("layer_statistics",)
@@ -302,9 +324,9 @@ def test_one_batch_overfit():
 
 def test_config_checks():
     with pytest.raises(ValueError, match="multiple of heads"):
-        EncoderConfig(hidden=30, heads=4)
+        dataclasses.replace(SMALL, hidden=30, heads=4)
     with pytest.raises(ValueError, match="chunk_micro_batch"):
-        EncoderConfig(chunk_micro_batch=0)
+        dataclasses.replace(SMALL, chunk_micro_batch=0)
     encoder = _encoder(dataclasses.replace(SMALL, max_element_size=9))
     with pytest.raises(ValueError, match="element size 49 exceeds"):
         encoder(_batch(_mixed_checkpoints()))
@@ -362,6 +384,18 @@ def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
     assert loaded.cfg.layer_summary == "statnn"
     batch = _batch(_mixed_checkpoints())
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
+
+
+def test_an_export_that_does_not_record_its_size_is_refused_by_name(tmp_path):
+    from pipeline.export import save_encoder
+    from pipeline.predict import load_encoder
+
+    encoder = _encoder(SMALL)
+    meta = {"encoder": dataclasses.asdict(encoder.cfg)}
+    del meta["encoder"]["hidden"], meta["encoder"]["heads"]
+    save_encoder(str(tmp_path), {k: v.numpy() for k, v in encoder.state_dict().items()}, meta)
+    with pytest.raises(ValueError, match="does not record its hidden, heads: it cannot be rebuilt"):
+        load_encoder(str(tmp_path))
 
 
 def test_an_encoder_built_for_other_side_input_widths_is_refused_by_name(tmp_path):
@@ -520,7 +554,7 @@ def test_dataset_vectors_read_each_training_dataset_and_any_other_or_hidden_one_
     hidden = dict(batch, dataset_present=torch.tensor([0.0, 1.0, 1.0]))
     torch.testing.assert_close((_embed(encoder, hidden) - _embed(without, batch))[0], vectors[0])
     with pytest.raises(ValueError, match="repeats"):
-        EncoderConfig(datasets=("digits", "digits"))
+        dataclasses.replace(SMALL, datasets=("digits", "digits"))
 
 
 def test_prediction_reads_the_dataset_vectors_the_encoder_was_trained_with(tmp_path):

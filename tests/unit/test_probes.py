@@ -7,8 +7,9 @@ import torch
 
 from pipeline import families
 from pipeline.chunking import CHUNK_RECORD_SCHEMA, chunk_checkpoint, records_table
-from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
-from pipeline.encoder import SNE, EncoderConfig
+from pipeline.collate import collate_chunk_records
+from pipeline.config import TrainConfig
+from pipeline.encoder import SNE
 from pipeline.export import load_peers, save_encoder
 from pipeline.invariance import permute_record, random_hidden_permutation
 from pipeline.probes import (
@@ -21,6 +22,7 @@ from pipeline.probes import (
     probe_table,
     run_probes,
 )
+from pipeline.train import encoder_config
 from pipeline.zoo.checkpoint import Checkpoint, Layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -181,14 +183,11 @@ def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(ke
     for r in records:
         r["peer"] = [0.5, 0.4, 1.0, 0.6, 0.3, 2.0]
     batch = collate_chunk_records(records, links=True)
-    cfg = EncoderConfig(
-        hidden=32,
-        heads=4,
+    cfg = dataclasses.replace(
+        encoder_config(TrainConfig(peer_agreement=True)),
         inducing_points=4,
         head_hidden=32,
         chunk_micro_batch=64,
-        peer_agreement=True,
-        input_widths=INPUT_WIDTHS,
     )
     torch.manual_seed(0)
     encoder = SNE(cfg).eval()
