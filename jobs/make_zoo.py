@@ -1,6 +1,6 @@
 """Train a zoo of real networks as Ray tasks; resumable (a rerun skips finished shards), deterministic per seed.
 
-python jobs/make_zoo.py --out URI [--preset demo|small|medium|inr|wild] [--format native|smallcnnzoo|modelzoos]
+python jobs/make_zoo.py --out URI [--preset demo|small|medium|inr|wild|large] [--format native|smallcnnzoo|modelzoos]
                         [--datasets NAME,...] [--count N] [--seed S] [--num-cpus N] [--json PATH]
 
 A throughput fixture of any size (perturbed copies of an existing zoo's networks, labelled as a fixture in

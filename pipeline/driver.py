@@ -211,6 +211,9 @@ def _write_test_predictions(path: str, test: dict, pred, true, statnn_pred) -> N
             )
 
 
+# Above this a network's training step alone costs 1-2.4 GB (a 1 M-parameter MLP or a 10 M ResNet, BENCHMARKS.md),
+# so batches counted in networks may not fit: run_training says so when no chunk budget is set.
+BIG_NETWORK_PARAMS = 1_000_000
 RESULT_FILES = ("test_scatter.png", "test_metrics.txt", "test_metrics.json", "test_predictions.csv")
 
 
@@ -268,11 +271,22 @@ def prepare_records(config: TrainConfig, probe: bool | None = None):
     )
 
 
+def big_network_warning(config: TrainConfig, largest: int) -> str | None:
+    """What to tell a user whose zoo holds a network of ``largest`` parameters, batched by network count."""
+    if config.chunk_budget or largest <= BIG_NETWORK_PARAMS:
+        return None
+    return (
+        f"warning: the zoo holds networks of up to {largest / 1e6:.1f} M parameters and a step takes "
+        f"{config.batch_size} networks whatever their size, which may not fit in memory: --chunk-budget 20000 "
+        "bounds every step (a network above the budget trains alone)"
+    )
+
+
 def split_records(config: TrainConfig, records_uri: str, **task) -> tuple[dict[str, str], pa.Table]:
     """The config's split of the records (``{id: "train"|"val"|"test"}``; ``task`` overrides the config's
-    task fields) and the index it was made from (id, family, dataset, run, the property). ValueError when a
-    checkpoint lacks the property."""
-    index = read_record_index(records_uri, ("id", "family", "dataset", "run", config.property))
+    task fields) and the index it was made from (id, family, dataset, run, num_params, the property).
+    ValueError when a checkpoint lacks the property."""
+    index = read_record_index(records_uri, ("id", "family", "dataset", "run", "num_params", config.property))
     values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)
     ids = index.column("id").to_pylist()
     missing = [i for i, v in zip(ids, values, strict=True) if not np.isfinite(v)]
@@ -347,6 +361,9 @@ def run_training(
     )
     scaler = TargetScaler(float(train_values.mean()), float(train_values.std() or 1.0))
     log(f"split ({config.task}): {counts}")
+    warning = big_network_warning(config, int(pc.max(index.column("num_params")).as_py()))
+    if warning:
+        log(warning)
 
     train_ids = [i for i, s in assignment.items() if s == "train"]
     peers = None

@@ -13,7 +13,9 @@ Then the scaling exponent: the slope of log time against log parameters over the
                                         [--chunk-size 16] [--preset paper] [--threads 2] [--json PATH]
 
 ``--layers linear`` is a 10-layer MLP (one scalar per set element); ``conv3x3`` a 10-layer CNN of 3×3
-kernels (nine scalars per element), the element size that ResNet convs have.
+kernels (nine scalars per element), the element size that ResNet convs have; ``resnet18`` the real
+ResNet-18 of ``jobs/make_zoo.py --preset large`` (its 1×1 shortcuts, batch norms and linear head
+included) at the channel width that comes closest to the size, on 1×16×16 inputs.
 """
 
 from __future__ import annotations
@@ -32,9 +34,27 @@ LAYERS = 10
 
 
 def synthetic_checkpoint(params: int, layers: str):
-    """A plain stack of LAYERS square layers of about ``params`` parameters, random normal weights."""
+    """A plain stack of LAYERS square layers of about ``params`` parameters, random normal weights; or, for
+    ``resnet18``, that network as built (PyTorch's initialisation)."""
     from pipeline.zoo.checkpoint import Checkpoint, Layer
 
+    if layers == "resnet18":
+        import torch
+
+        from pipeline import families
+
+        torch.manual_seed(0)
+        # 11.17 M parameters at width 64, growing with its square.
+        width = max(4, round(64 * math.sqrt(params / 11.17e6)))
+        architecture = families.resnet18_architecture(channels=1, size=16, width=width)
+        return families.checkpoint_from_module(
+            families.build_module(architecture),
+            id="synthetic",
+            family="resnet18",
+            dataset="none",
+            architecture=architecture,
+            properties={"test_accuracy": 0.5, "train_accuracy": 0.5},
+        )
     rng = np.random.default_rng(0)
     per_unit = 9 if layers == "conv3x3" else 1
     width = max(2, round(math.sqrt(params / (LAYERS * per_unit))))
@@ -115,7 +135,7 @@ def exponent(rows: list[dict], key: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="1e4,1e5,1e6,1e7,2.5e7", help="comma-separated sizes")
-    p.add_argument("--layers", default="linear", choices=("linear", "conv3x3"))
+    p.add_argument("--layers", default="linear", choices=("linear", "conv3x3", "resnet18"))
     p.add_argument("--chunk-size", type=int, default=16)
     p.add_argument("--preset", default="paper", help="the TrainConfig preset whose encoder runs")
     p.add_argument("--threads", type=int, default=2)

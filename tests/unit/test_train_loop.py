@@ -131,3 +131,13 @@ def test_chunk_budget_batches_see_every_network_once_and_stay_within_the_budget(
         assert total <= 100 or len(batch) == 1  # a network above the budget trains alone
     assert any(len(batch) == 1 and record_chunks(batch[0]) > 100 for batch in batches)
     assert max(len(batch) for batch in batches) == 8  # small networks fill a step up to the network cap
+
+
+def test_a_zoo_of_big_networks_without_a_chunk_budget_gets_a_warning():
+    from pipeline.driver import big_network_warning
+
+    config = from_dict({"batch_size": 16})
+    warning = big_network_warning(config, 25_127_338)
+    assert "25.1 M parameters" in warning and "16 networks" in warning and "--chunk-budget" in warning
+    assert big_network_warning(config, 4_970) is None  # the small families: nothing to say
+    assert big_network_warning(from_dict({"chunk_budget": 20000}), 25_127_338) is None
