@@ -1,9 +1,10 @@
-"""The driver function shared by ``jobs/train.py`` and every Ray Tune trial.
+"""The driver function shared by ``jobs/train.py`` and every Ray Tune trial, ``run_training``: a sequence of
+named stages, each a function of this module.
 
-prepare (cached chunk records) → split → the training networks' consensus on the probes (peer
-agreement) → Ray Train fit (resumable by run name) → test metrics (and the
-same scores on the training networks), STATNN baseline, MLflow artifacts. Returns a plain dict of final
-metrics and URIs.
+prepare_records (cached chunk records) → split_records → fit_on_training_networks (target scaler,
+training datasets, peer consensus) → start_run (MLflow, resumed by run name) → split_datasets (streamed per
+epoch) → train_encoder (Ray Train) → evaluate (test split once, and the training networks) →
+statnn_baseline → export_results (storage, then MLflow). Returns a plain dict of final metrics and URIs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -197,20 +199,6 @@ class ResultsNotLogged(RuntimeError):
     """The run finished and its results are in storage, but the tracking server did not take them."""
 
 
-def _write_test_predictions(path: str, test: dict, pred, true, statnn_pred) -> None:
-    with open(path, "w") as f:
-        f.write(
-            "id,family,dataset,target,prediction"
-            + (",statnn_prediction" if statnn_pred is not None else "")
-            + "\n"
-        )
-        for k in range(len(pred)):
-            extra = f",{statnn_pred[k]:.6f}" if statnn_pred is not None else ""
-            f.write(
-                f"{test['id'][k]},{test['family'][k]},{test['dataset'][k]},{true[k]:.6f},{pred[k]:.6f}{extra}\n"
-            )
-
-
 # Above this a network's training step alone costs 1-2.4 GB (a 1 M-parameter MLP or a 10 M ResNet, BENCHMARKS.md),
 # so batches counted in networks may not fit: run_training says so when no chunk budget is set.
 BIG_NETWORK_PARAMS = 1_000_000
@@ -315,72 +303,65 @@ def split_records(config: TrainConfig, records_uri: str, **task) -> tuple[dict[s
     return assignment, index
 
 
-def run_training(
-    config: TrainConfig | dict,
-    *,
-    parent_run_id: str | None = None,
-    train_callbacks: list | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Train SNE end to end on the config's zoo and task; see the module docstring."""
-    import torch
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass
+class Fitted:
+    """What a run learns from its training networks alone, before the encoder trains."""
 
-    from pipeline.export import save_encoder
-    from pipeline.train import (
-        TargetScaler,
-        build_encoder,
-        encoder_config,
-        predict_records,
-        train_fn_per_worker,
-    )
+    scaler: Any  # pipeline.train.TargetScaler of the property
+    datasets: tuple[str, ...]  # what the dataset vectors are learnt for; any other dataset reads as unknown
+    peers: PeerConsensus | None  # the training networks' consensus on the probes, with peer_agreement
+    input_scaling: dict  # pipeline.encoder.InputScaling statistics, with input_scaling
 
-    config = config if isinstance(config, TrainConfig) else from_dict(config)
-    config.validate()
-    started = time.time()
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
 
-    prepared = prepare_records(config)
-    log(
-        f"chunk records: {prepared.records} ({prepared.rejected} rejected; {prepared.probed} with a probe"
-        f" of what the network computes) at {prepared.output}"
-        + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
-    )
-    assignment, index = split_records(config, prepared.output)
-    values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)
-    ids = index.column("id").to_pylist()
-    counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
-    in_train = [assignment.get(i) == "train" for i in ids]
-    train_values = values[in_train]
-    # What the dataset vectors are learnt for (EncoderConfig.datasets; encoder_config sorts them); any other
-    # dataset reads as unknown.
-    seen_datasets = tuple(
-        {d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t}
-    )
-    scaler = TargetScaler(float(train_values.mean()), float(train_values.std() or 1.0))
-    log(f"split ({config.task}): {counts}")
-    warning = big_network_warning(config, int(pc.max(index.column("num_params")).as_py()))
-    if warning:
-        log(warning)
+def fit_on_training_networks(
+    config: TrainConfig, records_uri: str, assignment: dict[str, str], index: pa.Table, log: Callable
+) -> Fitted:
+    """The target scaler, the training datasets and the peer consensus (the side inputs' scaling is fitted
+    once the training split streams, by ``training_input_scaling``)."""
+    from pipeline.train import TargetScaler
 
-    train_ids = [i for i, s in assignment.items() if s == "train"]
+    in_train = [assignment.get(i) == "train" for i in index.column("id").to_pylist()]
+    values = index.column(config.property).to_numpy(zero_copy_only=False).astype(np.float64)[in_train]
     peers = None
     if config.peer_agreement:
-        peers = fit_peer_consensus(prepared.output, train_ids)
+        peers = fit_peer_consensus(records_uri, [i for i, s in assignment.items() if s == "train"])
         log(
             f"peer consensus: {len(peers.members)} training networks with class probabilities on the probes"
             f" ({', '.join(f'{k}: {n}' for k, n in sorted(peers.counts.items())) or 'none'})"
         )
+    return Fitted(
+        scaler=TargetScaler(float(values.mean()), float(values.std() or 1.0)),
+        datasets=tuple(
+            sorted({d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t})
+        ),
+        peers=peers,
+        input_scaling={},
+    )
+
+
+def start_run(
+    config: TrainConfig,
+    tracking_uri: str,
+    prepared,
+    assignment: dict[str, str],
+    counts: dict[str, int],
+    fitted: Fitted,
+    parent_run_id: str | None,
+    log: Callable,
+) -> tuple[str, str]:
+    """(run id, run name) of the run's MLflow run: resumed where the config names a run that exists, else a
+    new one with the config as parameters and the zoo as its input."""
     run_name = config.run_name or _new_run_name(config, prepared.fingerprint)
     run_id = tracking.find_run(tracking_uri, config.experiment, run_name) if config.run_name else None
+    if run_id is not None:
+        log(f"resuming MLflow run {run_id} ({run_name})")
+        return run_id, run_name
     params = {
         **to_dict(config),
         "run_name": run_name,
         "chunk_records": prepared.output,
         "n_probed": prepared.probed,
-        "n_peer_reference": len(peers.members) if peers is not None else 0,
+        "n_peer_reference": len(fitted.peers.members) if fitted.peers is not None else 0,
         **{f"n_{k}": v for k, v in counts.items()},
     }
     tags = {
@@ -390,24 +371,29 @@ def run_training(
         "task": config.task,
         "property": config.property,
     }
-    if run_id is None:
-        run_id = tracking.start_run(tracking_uri, config.experiment, run_name, params, tags, parent_run_id)
-        zoo_profile = {
-            "format": prepared.format,
-            "checkpoints": prepared.records,
-            "rejected": prepared.rejected,
-        }
-        tracking.log_zoo_input(tracking_uri, run_id, config.zoo, prepared.fingerprint, zoo_profile)
-    else:
-        log(f"resuming MLflow run {run_id} ({run_name})")
+    run_id = tracking.start_run(tracking_uri, config.experiment, run_name, params, tags, parent_run_id)
+    zoo_profile = {"format": prepared.format, "checkpoints": prepared.records, "rejected": prepared.rejected}
+    tracking.log_zoo_input(tracking_uri, run_id, config.zoo, prepared.fingerprint, zoo_profile)
+    return run_id, run_name
 
-    quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
-    # Streamed: every epoch reads the training split's records again from storage, in a fresh file order,
-    # so no split is held in memory and a run's memory does not grow with the zoo.
-    datasets = split_datasets(prepared.output, assignment, peers=peers, shuffle_seed=config.seed)
-    input_scaling = (
-        training_input_scaling(datasets["train"], config.peer_agreement) if config.input_scaling else {}
-    )
+
+def train_encoder(
+    config: TrainConfig,
+    datasets: dict,
+    fitted: Fitted,
+    train_records: int,
+    tracking_uri: str,
+    run_id: str,
+    run_name: str,
+    callbacks: list,
+):
+    """Ray Train's fit of the encoder (DDP workers, resumable by run name): its Result, whose return value
+    holds rank 0's best-validation encoder state."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.train import train_fn_per_worker
+
     # Reproducible runs: with the order preserved, Ray Data hands each worker its rows by a fixed rule
     # (locality hints are ignored) instead of to whichever worker asks first, so the same seed gives the
     # same batches, and the same encoder. Without it three runs of the demo, one seed, gave tau 0.33-0.44.
@@ -418,11 +404,11 @@ def run_training(
         train_fn_per_worker,
         train_loop_config={
             "config": to_dict(config),
-            "target_mean": scaler.mean,
-            "target_std": scaler.std,
-            "train_records": counts["train"],
-            "datasets": seen_datasets,
-            "input_scaling": input_scaling,
+            "target_mean": fitted.scaler.mean,
+            "target_std": fitted.scaler.std,
+            "train_records": train_records,
+            "datasets": fitted.datasets,
+            "input_scaling": fitted.input_scaling,
             "tracking_uri": tracking_uri,
             "run_id": run_id,
         },
@@ -437,7 +423,7 @@ def run_training(
             storage_filesystem=train_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[*(train_callbacks or []), *([epoch_progress(config.epochs)] if progress else [])],
+            callbacks=callbacks,
         ),
         datasets={"train": datasets["train"], "val": datasets["val"]},
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": in_order}),
@@ -447,15 +433,19 @@ def run_training(
     except Exception:
         tracking.end_run(tracking_uri, run_id, "FAILED")
         raise
-    returned = result.return_value
-    if returned is None:
+    if result.return_value is None:
         raise RuntimeError(f"training run {run_name} returned nothing from rank 0")
+    return result
 
-    # Test evaluation of the best-validation encoder, on the driver (streamed in batches).
-    encoder = build_encoder(config, seen_datasets)
-    encoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in returned["encoder_state"].items()})
+
+def evaluate(config: TrainConfig, encoder, datasets: dict, fitted: Fitted, result) -> tuple[dict, dict, list]:
+    """(test predictions, final metrics, per-subset rows) of the best-validation encoder on the test split,
+    scored once, with the same scores on its own training networks (streamed in batches, on the driver)."""
+    from pipeline.train import predict_records
+
+    returned = result.return_value
     test = predict_records(
-        encoder, datasets["test"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
+        encoder, datasets["test"].iter_batches(batch_size=64, batch_format="numpy"), config, fitted.scaler
     )
     pred, true = np.array(test["prediction"]), np.array(test["target"])
     overall = regression_metrics(pred, true)
@@ -480,48 +470,69 @@ def run_training(
     # The same encoder scored on the networks it was fitted on: beside the test scores this tells
     # underfitting (both poor: more capacity or steps may help) from overfitting (train far ahead: more
     # networks or regularisation may). On the inr zoo SNE stays far from fitting its own networks (docs/results.md).
-    fitted = predict_records(
-        encoder, datasets["train"].iter_batches(batch_size=64, batch_format="numpy"), config, scaler
+    fitted_networks = predict_records(
+        encoder, datasets["train"].iter_batches(batch_size=64, batch_format="numpy"), config, fitted.scaler
     )
-    fit = regression_metrics(np.array(fitted["prediction"]), np.array(fitted["target"]))
+    fit = regression_metrics(np.array(fitted_networks["prediction"]), np.array(fitted_networks["target"]))
     final.update({f"train_{k}": fit[k] for k in ("kendall_tau", "r2", "mse")})
+    return test, final, rows
 
-    statnn_pred = None
-    if config.statnn:
-        by_id = run_statnn(prepared.output, assignment, config.property, config.seed)
-        statnn_pred = np.array([by_id[i] for i in test["id"]])
-        s = regression_metrics(statnn_pred, true)
-        final.update(
-            {
-                "statnn_test_kendall_tau": s["kendall_tau"],
-                "statnn_test_r2": s["r2"],
-                "statnn_test_mse": s["mse"],
-            }
-        )
 
-    checkpoint_uri = None
-    if result.checkpoint is not None:
-        checkpoint_uri = storage.join(
-            config.storage, "train", os.path.relpath(result.checkpoint.path, train_path)
-        )
+def statnn_baseline(
+    config: TrainConfig, records_uri: str, assignment: dict[str, str], test: dict, final: dict
+) -> np.ndarray | None:
+    """STATNN's predictions of the test networks, in ``test``'s order, its scores added to ``final``; None
+    where the config runs no baseline."""
+    if not config.statnn:
+        return None
+    by_id = run_statnn(records_uri, assignment, config.property, config.seed)
+    predictions = np.array([by_id[i] for i in test["id"]])
+    s = regression_metrics(predictions, np.array(test["target"]))
+    final.update({f"statnn_test_{k}": s[k] for k in ("kendall_tau", "r2", "mse")})
+    return predictions
+
+
+def export_results(
+    config: TrainConfig,
+    *,
+    run_id: str,
+    run_name: str,
+    tracking_uri: str,
+    fingerprint: str,
+    encoder_state: dict,
+    fitted: Fitted,
+    assignment: dict[str, str],
+    test: dict,
+    statnn_pred: np.ndarray | None,
+    final: dict,
+    rows: list,
+) -> tuple[str, str | None]:
+    """Write the run's encoder and result files to storage (``<storage>/train/<run>/result``), then into its
+    MLflow run. Returns (the kept folder's URI, the registered model's URI)."""
+    import pandas as pd
+
+    from pipeline.export import save_encoder
+    from pipeline.train import encoder_config
+
+    pred, true = np.array(test["prediction"]), np.array(test["target"])
     kept = storage.join(config.storage, "train", run_name, "result")
     with tempfile.TemporaryDirectory() as d:
         meta = {
             # Every encoder setting, so predict rebuilds exactly this architecture.
-            "encoder": asdict(encoder_config(config, seen_datasets)),
+            "encoder": asdict(encoder_config(config, fitted.datasets)),
             "chunk_size": config.chunk_size,
             "normalize": config.normalize,
             "property": config.property,
             "loss": config.loss,
-            "target_mean": scaler.mean,
-            "target_std": scaler.std,
+            "target_mean": fitted.scaler.mean,
+            "target_std": fitted.scaler.std,
             "run_name": run_name,
-            "zoo_fingerprint": prepared.fingerprint,
+            "zoo_fingerprint": fingerprint,
         }
         training_ids = {part: [i for i, v in assignment.items() if v == part] for part in ("train", "val")}
-        save_encoder(os.path.join(d, "encoder"), returned["encoder_state"], meta, training_ids, peers)
+        save_encoder(os.path.join(d, "encoder"), encoder_state, meta, training_ids, fitted.peers)
         tracking.write_model_spec(os.path.join(d, "encoder"), run_id)
-        title = f"SNE test: tau={overall['kendall_tau']:.3f} ({config.task})"
+        title = f"SNE test: tau={final['test_kendall_tau']:.3f} ({config.task})"
         scatter_plot(pred, true, test["family"], os.path.join(d, "test_scatter.png"), title)
         with open(os.path.join(d, "test_metrics.txt"), "w") as f:
             f.write(format_table(rows) + "\n")
@@ -529,7 +540,12 @@ def run_training(
             json.dump(rows, f, indent=2)
         with open(os.path.join(d, "final_metrics.json"), "w") as f:
             json.dump(final, f, indent=2)
-        _write_test_predictions(os.path.join(d, "test_predictions.csv"), test, pred, true, statnn_pred)
+        predictions = {k: test[k] for k in ("id", "family", "dataset")} | {"target": true, "prediction": pred}
+        if statnn_pred is not None:
+            predictions["statnn_prediction"] = statnn_pred
+        pd.DataFrame(predictions).to_csv(
+            os.path.join(d, "test_predictions.csv"), index=False, float_format="%.6f"
+        )
         version_tags = {"preset": config.preset, "property": config.property, "task": config.task}
         version_tags.update(
             {k: f"{final[k]:.4f}" for k in ("test_kendall_tau", "test_r2", "best_val_kendall_tau")}
@@ -547,7 +563,84 @@ def run_training(
                 f"they are kept at {kept}. Once the server answers, `python jobs/log_results.py {kept}` logs them "
                 f"into the run; meanwhile the encoder there works with jobs/predict.py --encoder {kept}/encoder"
             ) from e
+    return kept, model_uri
 
+
+def run_training(
+    config: TrainConfig | dict,
+    *,
+    parent_run_id: str | None = None,
+    train_callbacks: list | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train SNE end to end on the config's zoo and task, stage by stage (see the module docstring)."""
+    import torch
+
+    from pipeline.train import build_encoder
+
+    config = config if isinstance(config, TrainConfig) else from_dict(config)
+    config.validate()
+    started = time.time()
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
+
+    prepared = prepare_records(config)
+    log(
+        f"chunk records: {prepared.records} ({prepared.rejected} rejected; {prepared.probed} with a probe"
+        f" of what the network computes) at {prepared.output}"
+        + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
+    )
+
+    assignment, index = split_records(config, prepared.output)
+    counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
+    log(f"split ({config.task}): {counts}")
+    warning = big_network_warning(config, int(pc.max(index.column("num_params")).as_py()))
+    if warning:
+        log(warning)
+
+    fitted = fit_on_training_networks(config, prepared.output, assignment, index, log)
+    run_id, run_name = start_run(
+        config, tracking_uri, prepared, assignment, counts, fitted, parent_run_id, log
+    )
+
+    quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
+    # Streamed: every epoch reads the training split's records again from storage, in a fresh file order,
+    # so no split is held in memory and a run's memory does not grow with the zoo.
+    datasets = split_datasets(prepared.output, assignment, peers=fitted.peers, shuffle_seed=config.seed)
+    if config.input_scaling:
+        fitted.input_scaling = training_input_scaling(datasets["train"], config.peer_agreement)
+
+    callbacks = [*(train_callbacks or []), *([epoch_progress(config.epochs)] if progress else [])]
+    result = train_encoder(
+        config, datasets, fitted, counts["train"], tracking_uri, run_id, run_name, callbacks
+    )
+    encoder_state = result.return_value["encoder_state"]
+
+    encoder = build_encoder(config, fitted.datasets)
+    encoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in encoder_state.items()})
+    test, final, rows = evaluate(config, encoder, datasets, fitted, result)
+    statnn_pred = statnn_baseline(config, prepared.output, assignment, test, final)
+
+    checkpoint_uri = None
+    if result.checkpoint is not None:
+        train_path = pyarrow_filesystem(storage.join(config.storage, "train"))[1]
+        checkpoint_uri = storage.join(
+            config.storage, "train", os.path.relpath(result.checkpoint.path, train_path)
+        )
+    kept, model_uri = export_results(
+        config,
+        run_id=run_id,
+        run_name=run_name,
+        tracking_uri=tracking_uri,
+        fingerprint=prepared.fingerprint,
+        encoder_state=encoder_state,
+        fitted=fitted,
+        assignment=assignment,
+        test=test,
+        statnn_pred=statnn_pred,
+        final=final,
+        rows=rows,
+    )
     final.update(
         {
             "run_id": run_id,

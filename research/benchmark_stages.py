@@ -24,12 +24,17 @@ import dataclasses
 import json
 import time
 
-import numpy as np
 from peak_memory import PeakMemory  # research/, beside this script
 
 from pipeline import storage
 from pipeline.config import PRESETS, from_dict
-from pipeline.driver import fit_peer_consensus, prepare_records, run_training, split_datasets, split_records
+from pipeline.driver import (
+    fit_on_training_networks,
+    prepare_records,
+    run_training,
+    split_datasets,
+    split_records,
+)
 from pipeline.runtime import add_ray_arguments, start_ray
 from pipeline.train import collate, shard_epoch
 
@@ -67,17 +72,16 @@ def measure(zoo: str, preset: str, epochs: int, storage_uri: str, probe: bool, t
     )
     assignment, index = _stage("split", stages, lambda: split_records(config, prepared.output))
     train_ids = [i for i, s in assignment.items() if s == "train"]
-
-    def fit():
-        values = index.column(config.property).to_numpy(zero_copy_only=False)
-        in_train = np.array([assignment[i] == "train" for i in index.column("id").to_pylist()])
-        scaler = (float(values[in_train].mean()), float(values[in_train].std()))
-        return scaler, (fit_peer_consensus(prepared.output, train_ids) if config.peer_agreement else None)
-
-    _, peers = _stage("fit", stages, fit)
+    fitted = _stage(
+        "fit",
+        stages,
+        lambda: fit_on_training_networks(config, prepared.output, assignment, index, log=lambda _: None),
+    )
 
     def stream() -> int:
-        train = split_datasets(prepared.output, assignment, peers=peers, shuffle_seed=config.seed)["train"]
+        train = split_datasets(prepared.output, assignment, peers=fitted.peers, shuffle_seed=config.seed)[
+            "train"
+        ]
         networks = 0
         for records in shard_epoch(train, config, epoch=0, rank=0):
             collate(records, config)
