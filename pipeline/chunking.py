@@ -68,6 +68,11 @@ CHUNK_RECORD_SCHEMA = pa.schema(
     ],
     metadata={"chunk_record_schema_version": str(SCHEMA_VERSION)},
 )
+# The columns cut from a network's weights; every other column (its identity, properties, probes) says
+# something a function-preserving permutation of the weights keeps.
+WEIGHT_COLUMNS = tuple(
+    f.name for f in CHUNK_RECORD_SCHEMA if f.name.startswith(("layer_", "weight_", "bias_"))
+)
 
 
 def records_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.chunking import checkpoint_from_record, chunk_checkpoint
+from pipeline.chunking import WEIGHT_COLUMNS, checkpoint_from_record, chunk_checkpoint
 from pipeline.zoo.checkpoint import WEIGHTED_KINDS, Checkpoint, Layer
 
 # Ops that act on each channel alone, so hidden units may be permuted across them.
@@ -226,12 +226,10 @@ def permute_record(record: dict[str, Any], rng: np.random.Generator) -> dict[str
     if layers is None:
         return None
     checkpoint.layers = layers
-    # The permutation preserves the function, so the probes of the original hold for the copy.
+    # The permutation preserves the function, so all the record says beside its weights (the probes, the
+    # peer agreement the driver added, the properties) holds for the copy as for the original.
     permuted = chunk_checkpoint(checkpoint, int(record["chunk_size"]))
-    permuted["probe"] = record.get("probe")
-    permuted["probe_probabilities"] = record.get("probe_probabilities")
-    permuted["peer"] = record.get("peer")  # agreement with the training networks, where the driver added it
-    return permuted
+    return {**record, **{name: permuted[name] for name in WEIGHT_COLUMNS}}
 
 
 def logit_invariance_loss(pred: torch.Tensor, pred_permuted: torch.Tensor) -> torch.Tensor:

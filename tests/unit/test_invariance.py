@@ -109,9 +109,12 @@ def test_permute_record_keeps_identity_and_function():
     torch.manual_seed(1)
     net, x = _cnn_flatten()
     checkpoint = Checkpoint("ck", "cnn", "digits", _layers_of(net), {"test_accuracy": 0.4})
-    record = chunk_checkpoint(checkpoint, 5)
+    record = chunk_checkpoint(checkpoint, 5) | {"peer": [0.5, 0.25], "probe": [1.0, 2.0]}
     permuted = permute_record(record, np.random.default_rng(7))
     assert (permuted["id"], permuted["chunk_size"], permuted["test_accuracy"]) == ("ck", 5, 0.4)
+    # All the record says beside its weights holds for the copy: the function is the same.
+    for name in ("peer", "probe", "probe_probabilities", "hyperparameters", "num_params"):
+        assert permuted[name] == record[name]
     state = unchunk_record(permuted)
     assert not np.array_equal(state["0.weight"], checkpoint.layers[0].weight)
     layers = [Layer(n, "x", state[f"{n}.weight"], state[f"{n}.bias"]) for n in ("0", "3", "5", "7")]
