@@ -386,7 +386,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     for epoch in range(start_epoch, config.epochs):
         losses = []
         calibration: list[list[dict]] = []
-        steps, largest_shared, largest_network = 0, 0, 0
+        steps, largest_shared, largest_network, trained_chunks = 0, 0, 0, 0
         epoch_started = time.perf_counter()
         stream, last = shard_epoch(train_shard, config, epoch, rank), None
         lockstep = config.chunk_budget > 0 and ctx.get_world_size() > 1
@@ -402,6 +402,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
                 losses.append(train_step(encoder, optimizer, records, config, scaler, rng))
                 chunks = [record_chunks(r) for r in records]
                 largest_network = max(largest_network, *chunks)
+                trained_chunks += sum(chunks)
                 if len(chunks) > 1:
                     largest_shared = max(largest_shared, sum(chunks))
                 keep_for_calibration(calibration, records)
@@ -435,6 +436,11 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             "train_networks": _over_workers(sum(m["networks"] for m in losses)),
             "train_largest_shared_step_chunks": _over_workers(float(largest_shared), "max"),
             "train_largest_network_chunks": _over_workers(float(largest_network), "max"),
+            # The most and the fewest chunks one worker trained this epoch: the workers step in lockstep,
+            # so an epoch lasts as long as the busiest one takes, and shards are equal in networks, not in
+            # chunks (a zoo of mixed sizes can load one worker with most of the work).
+            "train_worker_chunks_max": _over_workers(float(trained_chunks), "max"),
+            "train_worker_chunks_min": -_over_workers(-float(trained_chunks), "max"),
             # Networks of this epoch that took the task loss alone (no known permutation), all workers.
             "train_networks_without_invariance": _over_workers(sum(m["without_permutation"] for m in losses)),
             # The epoch's training pass (streaming its shard, the steps, recalibration), slowest worker.

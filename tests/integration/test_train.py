@@ -343,3 +343,8 @@ def test_chunk_budget_steps_mix_a_25m_parameter_network_with_small_ones(tiny_zoo
     assert history("train_networks") == [final["split"]["train"]] * 2  # each network once per epoch
     assert all(0 < v <= budget for v in history("train_largest_shared_step_chunks"))
     assert all(v > 10 * budget for v in history("train_largest_network_chunks"))  # the big one, alone
+    # Whichever worker trains the big network carries most of the epoch's chunks, and the metrics show it.
+    for busiest, least in zip(
+        history("train_worker_chunks_max"), history("train_worker_chunks_min"), strict=True
+    ):
+        assert busiest >= history("train_largest_network_chunks")[0] > least > 0
