@@ -13,30 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.baselines import (
-    LAYER_SUMMARY,
-    LINK_SUMMARY,
-    STATS_PER_TENSOR,
-    layer_summary,
-    link_summaries,
-    tensor_statistics,
-)
+from pipeline.baselines import layer_summary, link_summaries, tensor_statistics
 from pipeline.chunking import SCHEMA_VERSION
-from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
+from pipeline.side_inputs import NETWORK_INPUTS
 from pipeline.zoo.checkpoint import LAYER_KINDS
 
 NORMALIZATIONS = ("fan_in", "none")
-# Per layer: STATNN's 7 statistics of its (normalised) weights, then the same of its bias.
-LAYER_STATISTICS = 2 * STATS_PER_TENSOR
-# The width of each side input a collated batch carries beside the chunks (per layer or per network): what an
-# encoder reading them is built for (encoder.EncoderConfig.input_widths).
-INPUT_WIDTHS = {
-    "layer_statistics": LAYER_STATISTICS,
-    "layer_summary": LAYER_SUMMARY,
-    "layer_links": LINK_SUMMARY,
-    "probe": PROBE_FEATURES,
-    "peer": PEER_FEATURES,
-}
 
 
 def records_from_batch(batch: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -88,11 +70,9 @@ def collate_chunk_records(
     layer_element_size, layer_checkpoint and float layer_fan_in, two summaries of each layer's normalised
     weights and bias: layer_statistics (Lt, 14) float (STATNN's per-tensor statistics) and layer_summary
     (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
-    and bias, and the layer's sizes), probe (B, PROBE_FEATURES) float (pipeline.probes: what each network
-    computes on data-free probes; zeros where a record has none) and probe_present (B,) float (1 where it
-    has one), likewise peer (B, PEER_FEATURES) and peer_present (B,) (pipeline.probes.PeerConsensus: each
-    classifier's agreement with the training networks of its dataset, a "peer" column the training
-    driver or predict adds to the records), with ``links`` layer_links (Lt, LINK_SUMMARY) float
+    and bias, and the layer's sizes), for every network input of pipeline.side_inputs.NETWORK_INPUTS
+    (probe, peer) its vectors (B, width) float (zeros where a record has none) and <key>_present (B,) float
+    (1 where it has one), with ``links`` layer_links (Lt, LINK_SUMMARY) float
     (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
     and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float
     (omitted when property_name is None), the lists ids, families, datasets, and dataset_present (B,) float
@@ -163,9 +143,6 @@ def collate_chunk_records(
         packed[start : start + w.shape[0], :, : w.shape[2]] = w
         start += w.shape[0]
 
-    probes, probe_present = _side_vectors(records, "probe", PROBE_FEATURES)
-    peers, peer_present = _side_vectors(records, "peer", PEER_FEATURES)
-
     out: dict[str, Any] = {
         "weight_chunks": torch.from_numpy(packed),
         "weight_mask": torch.from_numpy(np.concatenate(weight_masks)),
@@ -180,16 +157,15 @@ def collate_chunk_records(
         "layer_checkpoint": torch.tensor(owners, dtype=torch.long),
         "layer_statistics": torch.from_numpy(np.stack(statistics).astype(np.float32)),
         "layer_summary": torch.from_numpy(np.stack(summaries).astype(np.float32)),
-        "probe": torch.from_numpy(probes),
-        "probe_present": torch.from_numpy(probe_present),
-        "peer": torch.from_numpy(peers),
-        "peer_present": torch.from_numpy(peer_present),
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],
         # 0 hides a network's dataset from an encoder that reads it (training's context dropout).
         "dataset_present": torch.ones(len(records), dtype=torch.float32),
     }
+    for entry in NETWORK_INPUTS:
+        vectors, present = _side_vectors(records, entry.key, entry.width)
+        out[entry.key], out[f"{entry.key}_present"] = torch.from_numpy(vectors), torch.from_numpy(present)
     if links:
         out["layer_links"] = torch.from_numpy(np.stack(link_rows).astype(np.float32))
     if property_name is not None:

@@ -72,14 +72,11 @@ class TrainConfig:
     # "statnn" (STATNN's 7 numbers per tensor); "links" beat "sets" on small (two seeds), cross-architecture
     # and inr (docs/results.md)
     layer_summary: str = "links"
-    probe_summary: bool = True  # what each network computes on data-free probes (see EncoderConfig)
+    # the network inputs of pipeline.side_inputs.NETWORK_INPUTS (see EncoderConfig.network_inputs):
+    probe_summary: bool = True  # what each network computes on data-free probes
     # each classifier's agreement on the probes with the training networks; off by default: where the test
     # networks have no consensus (an unseen dataset) it costs R² (docs/results.md)
     peer_agreement: bool = False
-    # standardise the probe and peer numbers by the training networks' spread (pipeline.encoder.InputScaling);
-    # off by default: on small it gained 0.003 tau in-distribution and cost 0.03 tau and 0.14 R² on an unseen
-    # dataset (docs/results.md)
-    input_scaling: bool = False
     # a learned vector per training dataset added to the embedding (see EncoderConfig.datasets): +0.042 tau on
     # small; on an unseen dataset it cost 0.017 tau and 0.14 R², so turn it off for such networks (docs/results.md)
     dataset_vectors: bool = True
@@ -115,7 +112,9 @@ class TrainConfig:
 
     def reads_probes(self) -> bool:
         """Whether the encoder reads what the networks compute on the probes, so prepare must run them."""
-        return self.probe_summary or self.peer_agreement
+        from pipeline import side_inputs  # imported here: the table's widths come from numpy-side modules
+
+        return side_inputs.reads_probes(side_inputs.network_inputs(self))
 
     def validate(self) -> TrainConfig:
         """Raise ValueError for settings that cannot work together; return self."""
@@ -218,7 +217,6 @@ FIELD_HELP = {
     "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
     "probe_summary": "add what each network computes on fixed data-free noise inputs to its embedding (off: weights only)",
     "peer_agreement": "add how far each classifier agrees on those inputs with the training networks of its dataset",
-    "input_scaling": "standardise the probe and peer numbers by their spread over the training networks (off: asinh alone)",
     "dataset_vectors": "add a learned vector per training dataset to the embedding (others read as unknown)",
     "context_dropout": "share of training networks per step read as of an unknown dataset (no dataset vector, no peer agreement), so the encoder learns to do without",
     "loss": f"task loss: {', '.join(LOSSES)} (bce needs a property in [0, 1])",

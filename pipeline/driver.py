@@ -72,21 +72,6 @@ def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
     return consensus
 
 
-def training_input_scaling(train, peer_agreement: bool) -> dict:
-    """{"probe", "peer"}: pipeline.encoder.InputScaling statistics of the values the training split (a Ray
-    Dataset, streamed once) feeds the encoder: the peer agreement as split_datasets attached it, each
-    network compared with the others."""
-    from pipeline.collate import INPUT_WIDTHS
-    from pipeline.encoder import InputScaling
-
-    columns = {name: INPUT_WIDTHS[name] for name in ("probe", "peer") if name == "probe" or peer_agreement}
-    moments = {name: InputScaling.Moments(width) for name, width in columns.items()}
-    for batch in train.select_columns(list(columns)).iter_batches(batch_format="pyarrow", batch_size=1024):
-        for name in columns:
-            moments[name].add([v for v in batch.column(name).to_pylist() if v is not None])
-    return {name: m.statistics() for name, m in moments.items()}
-
-
 def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensus | None) -> pa.Table:
     """The records of ``ids``, their probe probabilities replaced by a "peer" column of their agreement
     with ``peers`` (null without one): training reads the 6 numbers, not the 5,120."""
@@ -310,14 +295,12 @@ class Fitted:
     scaler: Any  # pipeline.train.TargetScaler of the property
     datasets: tuple[str, ...]  # what the dataset vectors are learnt for; any other dataset reads as unknown
     peers: PeerConsensus | None  # the training networks' consensus on the probes, with peer_agreement
-    input_scaling: dict  # pipeline.encoder.InputScaling statistics, with input_scaling
 
 
 def fit_on_training_networks(
     config: TrainConfig, records_uri: str, assignment: dict[str, str], index: pa.Table, log: Callable
 ) -> Fitted:
-    """The target scaler, the training datasets and the peer consensus (the side inputs' scaling is fitted
-    once the training split streams, by ``training_input_scaling``)."""
+    """The target scaler, the training datasets and the peer consensus."""
     from pipeline.train import TargetScaler
 
     in_train = [assignment.get(i) == "train" for i in index.column("id").to_pylist()]
@@ -335,7 +318,6 @@ def fit_on_training_networks(
             sorted({d for d, t in zip(index.column("dataset").to_pylist(), in_train, strict=True) if t})
         ),
         peers=peers,
-        input_scaling={},
     )
 
 
@@ -408,7 +390,6 @@ def train_encoder(
             "target_std": fitted.scaler.std,
             "train_records": train_records,
             "datasets": fitted.datasets,
-            "input_scaling": fitted.input_scaling,
             "tracking_uri": tracking_uri,
             "run_id": run_id,
         },
@@ -607,8 +588,6 @@ def run_training(
     # Streamed: every epoch reads the training split's records again from storage, in a fresh file order,
     # so no split is held in memory and a run's memory does not grow with the zoo.
     datasets = split_datasets(prepared.output, assignment, peers=fitted.peers, shuffle_seed=config.seed)
-    if config.input_scaling:
-        fitted.input_scaling = training_input_scaling(datasets["train"], config.peer_agreement)
 
     callbacks = [*(train_callbacks or []), *([epoch_progress(config.epochs)] if progress else [])]
     result = train_encoder(

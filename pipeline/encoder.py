@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +28,7 @@ LAYER_SUMMARIES = {
     "links": ("layer_summary", "layer_links"),
 }
 ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
+INPUT_LIMIT = 10.0  # a network input's values enter its MLP (after asinh) clipped to this magnitude
 
 
 @dataclass(kw_only=True)
@@ -79,24 +79,22 @@ class EncoderConfig:
     # invariance acts on the chunk path alone.
     layer_statistics: bool
     layer_summary: str
-    # Add an MLP of the network's probe vector (pipeline.probes: what it computes on fixed data-free noise
-    # inputs) to the network embedding. Our addition, not the paper's: the function fixes most of what SNE
-    # predicts, and reading it off weight statistics takes more training networks than a zoo has (docs/results.md).
-    # Networks without a probe (no runnable architecture) add nothing; a function-preserving permutation
-    # keeps the probe, so logit invariance still acts on the weight path.
-    probe_summary: bool
-    # Add an MLP of each classifier's agreement on those probes with the training networks of its dataset
-    # (pipeline.probes.PeerConsensus; the records' "peer" column). Absent (no probabilities, a dataset
-    # no training network had) adds nothing. Off by default: where the test networks have none (an unseen
-    # dataset) it costs R² even with training's context dropout (docs/results.md: cross-dataset R² 0.61 -> 0.44).
-    peer_agreement: bool
+    # The per-network vectors added to the embedding, one MLP each, by batch key (pipeline.side_inputs
+    # lists them; a run's switches choose them): "probe", what the network computes on fixed data-free noise
+    # inputs (pipeline.probes), as the function fixes most of what SNE predicts and reading it off weight
+    # statistics takes more training networks than a zoo has; "peer", a classifier's agreement on those
+    # probes with the training networks of its dataset (off by default: where the test networks have none,
+    # an unseen dataset, it costs R² even with training's context dropout; docs/results.md). Our additions,
+    # not the paper's. A network without one (batch["<key>_present"] 0) adds nothing; a function-preserving
+    # permutation keeps them, so logit invariance still acts on the weight path. Empty: weights only.
+    network_inputs: tuple[str, ...] = ()
     # The datasets of the training networks, sorted. Each gets a learned vector added to the embedding: what
     # networks trained for that task tend to reach, which no weight or probe shows on its own (on small,
     # trees on the probe and peer numbers rank test accuracy at tau 0.78, and 0.80 told the dataset; docs/results.md).
     # Networks of any other dataset, or hidden in training (dataset_present 0), get the vector of an unknown
     # one. Empty: no dataset is read (the paper's SNE; encoders exported before it).
     datasets: tuple[str, ...] = ()
-    # The width of each side input the batches carry (pipeline.collate.INPUT_WIDTHS), at least of those this
+    # The width of each side input the batches carry (pipeline.side_inputs.INPUT_WIDTHS), at least of those this
     # encoder reads: the encoder is built for them without importing what computes them, and an export
     # records what it reads.
     input_widths: dict[str, int] = field(default_factory=dict)
@@ -104,14 +102,13 @@ class EncoderConfig:
     def side_inputs(self) -> tuple[str, ...]:
         """The batch keys of the side inputs this encoder reads (each needs a width in input_widths)."""
         keys = LAYER_SUMMARIES.get(self.layer_summary, ()) if self.layer_statistics else ()
-        return (
-            *keys,
-            *(("probe",) if self.probe_summary else ()),
-            *(("peer",) if self.peer_agreement else ()),
-        )
+        return (*keys, *self.network_inputs)
 
     def __post_init__(self) -> None:
         self.datasets = tuple(str(d) for d in self.datasets)  # a JSON export reads back a list
+        self.network_inputs = tuple(str(k) for k in self.network_inputs)
+        if len(set(self.network_inputs)) != len(self.network_inputs):
+            raise ValueError(f"EncoderConfig.network_inputs repeats a key: {self.network_inputs}")
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"EncoderConfig.datasets repeats a name: {self.datasets}")
         for name in (
@@ -134,12 +131,10 @@ class EncoderConfig:
             raise ValueError(
                 f"element_projection must be one of {ELEMENT_PROJECTIONS}, got {self.element_projection!r}"
             )
-        if self.blocks == "deepsets" and (
-            self.layer_statistics or self.probe_summary or self.peer_agreement or self.datasets
-        ):
+        if self.blocks == "deepsets" and (self.layer_statistics or self.network_inputs or self.datasets):
             raise ValueError(
-                "blocks 'deepsets' reads the weights alone: set layer_statistics, probe_summary and "
-                "peer_agreement False and datasets empty"
+                "blocks 'deepsets' reads the weights alone: set layer_statistics False and network_inputs "
+                "and datasets empty"
             )
         if not self.hierarchy and self.layer_statistics:
             raise ValueError(
@@ -154,77 +149,8 @@ class EncoderConfig:
         if missing:
             raise ValueError(
                 f"EncoderConfig.input_widths needs a positive width for {', '.join(missing)}, the side inputs "
-                "this encoder reads (pipeline.collate.INPUT_WIDTHS has them)"
+                "this encoder reads (pipeline.side_inputs.INPUT_WIDTHS has them)"
             )
-
-
-class InputScaling(nn.Module):
-    """asinh, then standardised by the mean and spread of the training networks' values, clipped.
-
-    For the side inputs (probe, peer agreement). Their spreads over the small zoo's training networks range
-    from 0.01 to 1.5 after asinh, and a head fits so unequal inputs slowly: an MLP on the probe and peer
-    numbers and the dataset reached tau 0.76 on small's test networks in 15 epochs unscaled, 0.80 scaled.
-    In SNE on small it gained only 0.003 tau and cost 0.03 on an unseen dataset, so training sets it only
-    when asked (--input-scaling; docs/results.md). The statistics are set once before training (``set``, from
-    ``statistics`` of the training networks) and kept as buffers, so an exported encoder reads new networks
-    alike; until set it is asinh alone (as encoders exported before it read their inputs, but for the
-    clip). The clip keeps a diverged network bounded where a feature barely varied in training.
-    """
-
-    LIMIT = 10.0
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(features))
-        self.register_buffer("scale", torch.ones(features))
-
-    class Moments:
-        """Count, mean and sum of squared deviations of asinh of rows, merged batch by batch (Chan et al.'s
-        pairwise update), so the statistics of a split too large to hold come from one streaming pass and
-        equal those of a full read."""
-
-        def __init__(self, features: int) -> None:
-            self.features, self.count = features, 0
-            self.mean, self.m2 = np.zeros(features), np.zeros(features)
-
-        def add(self, rows: list) -> None:
-            if len(rows) == 0:
-                return
-            a = np.arcsinh(np.asarray(rows, dtype=np.float64).reshape(len(rows), self.features))
-            n, mean = a.shape[0], a.mean(0)
-            delta, total = mean - self.mean, self.count + n
-            self.m2 += ((a - mean) ** 2).sum(0) + delta**2 * self.count * n / total
-            self.mean += delta * n / total
-            self.count = total
-
-        def statistics(self) -> dict[str, list[float]]:
-            """{"mean", "scale"}; identity for fewer than two rows. A spread below 1e-3 counts as 1e-3: a
-            feature that barely varies in training should not swing a prediction."""
-            if self.count < 2:
-                return {"mean": [0.0] * self.features, "scale": [1.0] * self.features}
-            return {
-                "mean": self.mean.tolist(),
-                "scale": np.maximum(np.sqrt(self.m2 / self.count), 1e-3).tolist(),
-            }
-
-    @staticmethod
-    def statistics(rows: list, features: int) -> dict[str, list[float]]:
-        """{"mean", "scale"} of asinh of ``rows`` (one per network, ``features`` values each): ``Moments``
-        over one batch."""
-        moments = InputScaling.Moments(features)
-        moments.add(rows)
-        return moments.statistics()
-
-    @torch.no_grad()
-    def set(self, stats: dict[str, list[float]]) -> None:
-        mean, scale = torch.tensor(stats["mean"]), torch.tensor(stats["scale"])
-        if mean.shape != self.mean.shape or scale.shape != self.scale.shape:
-            raise ValueError(f"input scaling for {self.mean.shape[0]} features, got {mean.shape[0]}")
-        self.mean.copy_(mean)
-        self.scale.copy_(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((torch.asinh(x) - self.mean) / self.scale).clamp(-self.LIMIT, self.LIMIT)
 
 
 class ChunkEncoder(nn.Module):
@@ -417,9 +343,6 @@ class DeepSets(nn.Module):
             count = count.index_add(0, owner[layer], mask.sum(dim=1).to(count.dtype))
         return self.rho(total / count.clamp(min=1.0)[:, None])
 
-    def set_input_scaling(self, stats: dict[str, dict[str, list[float]]]) -> None:
-        """DeepSets reads weights alone: no side input to scale."""
-
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         return _predict(self, self.embed(batch))
 
@@ -477,20 +400,13 @@ class SNE(nn.Module):
             else None
         )
         self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
-        # Built last, so the other parts start from the same draws with and without it.
-        self.probe = (
-            nn.Sequential(nn.Linear(self._width("probe"), d), nn.GELU(), nn.Linear(d, d))
-            if cfg.probe_summary
-            else None
+        # Built last, so the other parts start from the same draws with and without them.
+        self.network_inputs = nn.ModuleDict(
+            {
+                key: nn.Sequential(nn.Linear(self._width(key), d), nn.GELU(), nn.Linear(d, d))
+                for key in cfg.network_inputs
+            }
         )
-        self.peer = (
-            nn.Sequential(nn.Linear(self._width("peer"), d), nn.GELU(), nn.Linear(d, d))
-            if cfg.peer_agreement
-            else None
-        )
-        # Buffers only: they draw nothing from the generator.
-        self.probe_scaling = InputScaling(self._width("probe")) if cfg.probe_summary else None
-        self.peer_scaling = InputScaling(self._width("peer")) if cfg.peer_agreement else None
         # Row 0 is the unknown dataset. Zero at the start, so an encoder begins as it would without them.
         self.dataset_vectors = nn.Embedding(len(cfg.datasets) + 1, d) if cfg.datasets else None
         if self.dataset_vectors is not None:
@@ -570,30 +486,21 @@ class SNE(nn.Module):
 
     def _side_inputs(self, z: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The embedding z (B, D) plus the MLPs of the side inputs this encoder reads."""
-        if self.probe is not None:
-            if "probe" not in batch:
+        for key, mlp in self.network_inputs.items():
+            if key not in batch:
                 raise KeyError(
-                    "this encoder reads each network's probe, but the batch has none (collate adds it)"
+                    f"this encoder reads each network's {key!r} input, but the batch has none "
+                    "(collate_chunk_records adds every one of pipeline.side_inputs.NETWORK_INPUTS)"
                 )
-            probe = self.probe_scaling(batch["probe"].to(z.dtype))
-            z = z + batch["probe_present"].to(z.dtype)[:, None] * self.probe(probe)
-        if self.peer is not None:
-            if "peer" not in batch:
-                raise KeyError("this encoder reads each network's peer agreement, but the batch has none")
-            peer = self.peer_scaling(batch["peer"].to(z.dtype))
-            z = z + batch["peer_present"].to(z.dtype)[:, None] * self.peer(peer)
+            # asinh, then clipped: the inputs span decades (a probe's output scale, a KL divergence) and a
+            # diverged network's stay bounded.
+            values = torch.asinh(batch[key].to(z.dtype)).clamp(-INPUT_LIMIT, INPUT_LIMIT)
+            z = z + batch[f"{key}_present"].to(z.dtype)[:, None] * mlp(values)
         if self.dataset_vectors is not None:
             rows = torch.tensor([self._dataset_row.get(d, 0) for d in batch["datasets"]], device=z.device)
             shown = batch["dataset_present"].to(device=z.device, dtype=torch.long)  # 0/1
             z = z + self.dataset_vectors(rows * shown)  # a hidden dataset reads row 0, the unknown one
         return z
-
-    def set_input_scaling(self, stats: dict[str, dict[str, list[float]]]) -> None:
-        """Set the side inputs' scaling: {"probe" | "peer": InputScaling.statistics of the training
-        networks' values}; inputs this encoder does not read are ignored."""
-        for name, scaling in (("probe", self.probe_scaling), ("peer", self.peer_scaling)):
-            if scaling is not None and name in stats:
-                scaling.set(stats[name])
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Predicted property (B,) for a packed batch."""

@@ -7,7 +7,6 @@ in batches, so memory follows the batch, not the zoo.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import math
 import re
 import sys
@@ -19,11 +18,13 @@ import torch
 
 from pipeline import storage
 from pipeline.chunking import chunk_checkpoint
-from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
+from pipeline.collate import collate_chunk_records
 from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_peers, load_training_ids
 from pipeline.probes import NO_PROBE, probe_columns
+from pipeline.side_inputs import INPUT_WIDTHS, reads_probes
+from pipeline.train import RUN_ENCODER_FIELDS
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
 RUN_ID = re.compile(r"^(runs:/)?([0-9a-f]{32})(/encoder)?/?$")
@@ -54,10 +55,9 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
         meta["training_ids"] = load_training_ids(encoder)
         meta["peers"] = load_peers(encoder)
     # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
-    # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes
-    # (nor, before the peer consensus, peer agreement); none before their input widths were recorded
-    # read other widths than collate's; those before the blocks, the element projection or the hierarchy
-    # could be chosen had the ones a run takes by default.
+    # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes;
+    # none before their input widths were recorded read other widths than collate's; those before the
+    # blocks, the element projection or the hierarchy could be chosen had the ones a run takes by default.
     older = {
         "input_widths": INPUT_WIDTHS,
         "positional_encoding": True,
@@ -67,15 +67,11 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
         "embedding_norm": False,
         "layer_statistics": False,
         "layer_summary": "statnn",
-        "probe_summary": False,
-        "peer_agreement": False,
     }
     recorded = {**older, **meta["encoder"]}
-    missing = [
-        f.name
-        for f in dataclasses.fields(EncoderConfig)
-        if f.name not in recorded and f.default is f.default_factory is dataclasses.MISSING
-    ]
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    _read_network_inputs_by_switch(encoder, recorded, tensors)
+    missing = [name for name in RUN_ENCODER_FIELDS if name not in recorded]
     if missing:
         raise ValueError(f"encoder {encoder} does not record its {', '.join(missing)}: it cannot be rebuilt")
     cfg = EncoderConfig(**recorded)
@@ -87,15 +83,30 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
             + "); predict with the version that trained it, or train it again"
         )
     sne = build_set_encoder(cfg)
-    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    # Encoders exported before the input scaling read their side inputs through asinh alone: the identity
-    # scaling a fresh encoder holds.
-    for key, value in sne.state_dict().items():
-        if key.split(".")[0] in ("probe_scaling", "peer_scaling"):
-            tensors.setdefault(key, value)
     sne.load_state_dict(tensors)
     sne.eval()
     return sne, meta
+
+
+def _read_network_inputs_by_switch(encoder: str, recorded: dict, tensors: dict) -> None:
+    """Read an export that named its network inputs by their switches (probe_summary, peer_agreement) as one
+    that lists them (network_inputs), in place: its MLPs move under network_inputs. Such an export may hold
+    statistics that standardised those inputs (an opt-in that gained nothing on validation and was
+    removed); one that holds any but the identity cannot be read as it was trained, and is refused."""
+    switches = {"probe_summary": "probe", "peer_agreement": "peer"}
+    if not switches.keys() & recorded.keys():
+        return
+    recorded["network_inputs"] = tuple(key for name, key in switches.items() if recorded.pop(name, False))
+    for key in switches.values():
+        mean, scale = tensors.pop(f"{key}_scaling.mean", None), tensors.pop(f"{key}_scaling.scale", None)
+        if mean is not None and (bool(mean.any()) or not bool((scale == 1).all())):
+            raise ValueError(
+                f"encoder {encoder} standardises its {key!r} input by its training networks' spread "
+                "(--input-scaling), which this version no longer does: predict with the version that "
+                "trained it, or train it again"
+            )
+        for name in [n for n in tensors if n.startswith(f"{key}.")]:
+            tensors[f"network_inputs.{name}"] = tensors.pop(name)
 
 
 def _read_batches(listing: ZooListing, batch_size: int, rejected: list) -> Iterator[list]:
@@ -208,17 +219,17 @@ def predict_zoo(
     # peer agreement by a member that reads it (docs/results.md: their level suffers); as of an unknown dataset by a
     # member with dataset vectors.
     unprobed, without_peers, unknown_dataset = [], [], []
-    reads_probes = any(m.sne.cfg.probe_summary or m.sne.cfg.peer_agreement for m in members)
+    probed = any(reads_probes(m.sne.cfg.network_inputs) for m in members)
     with tqdm(
         total=listing.num_listed, unit="ckpt", desc="predict", file=sys.stderr, disable=not progress
     ) as bar:
         for checkpoints in _read_batches(listing, batch_size, rejected):
-            records = _chunked(checkpoints, [m.meta["chunk_size"] for m in members], reads_probes)
+            records = _chunked(checkpoints, [m.meta["chunk_size"] for m in members], probed)
             peerless = np.zeros(len(checkpoints), dtype=bool)
             for m, predictions in zip(members, own, strict=True):
                 pred, batch = m.predict(records[m.meta["chunk_size"]])
                 predictions.extend(pred)
-                if m.sne.cfg.peer_agreement:
+                if "peer" in m.sne.cfg.network_inputs:
                     peerless |= batch["peer_present"].numpy() == 0
             without_peers.extend(peerless)
             for r in records[members[0].meta["chunk_size"]]:
@@ -233,7 +244,7 @@ def predict_zoo(
                         "used_in_training": _used_in_training(members, r["id"]),
                     }
                 )
-                unprobed.append(reads_probes and r["probe"] is None)
+                unprobed.append(probed and r["probe"] is None)
                 unknown_dataset.append(
                     any(m.sne.cfg.datasets and r["dataset"] not in m.sne.cfg.datasets for m in members)
                 )

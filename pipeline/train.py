@@ -21,12 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.collate import INPUT_WIDTHS, collate_chunk_records, records_from_batch
+from pipeline.collate import collate_chunk_records, records_from_batch
 from pipeline.config import TrainConfig, from_dict
 from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics
 from pipeline.invariance import logit_invariance_loss, permute_record
 from pipeline.runtime import bound_allocator_memory
+from pipeline.side_inputs import INPUT_WIDTHS, network_inputs
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -55,10 +56,12 @@ RUN_ENCODER_FIELDS = tuple(
 
 
 def encoder_config(config: TrainConfig, datasets: tuple[str, ...] = ()) -> EncoderConfig:
-    """The encoder a run trains: every EncoderConfig field the run config also has, taken from it;
-    ``datasets``: its training networks' datasets (read with dataset_vectors)."""
+    """The encoder a run trains: every EncoderConfig field the run config also has, taken from it, and the
+    network inputs its switches turn on; ``datasets``: its training networks' datasets (read with
+    dataset_vectors)."""
     return EncoderConfig(
         **{name: getattr(config, name) for name in RUN_ENCODER_FIELDS},
+        network_inputs=network_inputs(config),
         datasets=tuple(sorted(set(datasets))) if config.dataset_vectors else (),
         input_widths=INPUT_WIDTHS,
     )
@@ -338,8 +341,7 @@ def quiet_report_logs() -> None:
 
 def train_fn_per_worker(loop_config: dict) -> dict | None:
     """Ray Train loop. ``loop_config``: {"config": TrainConfig dict, "target_mean", "target_std",
-    "train_records", "datasets" (the training networks'), "input_scaling" (SNE.set_input_scaling), "tracking_uri",
-    "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
+    "train_records", "datasets" (the training networks'), "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
     import ray.train
     import ray.train.torch
 
@@ -356,7 +358,6 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     torch.set_num_threads(max(1, int(config.cpus_per_worker)))
     scaler = TargetScaler(loop_config["target_mean"], loop_config["target_std"])
     encoder = build_encoder(config, tuple(loop_config.get("datasets", ())))
-    encoder.set_input_scaling(loop_config.get("input_scaling", {}))
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # Every worker takes the same number of steps per epoch (DDP), set by the largest shard. With a chunk
     # budget the count is known after the first epoch; until then it is estimated by networks.

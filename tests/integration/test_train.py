@@ -34,7 +34,7 @@ def _config(bucket, tmp_path, **overrides):
 
 
 def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path):
-    config = _config(tiny_zoo, tmp_path, peer_agreement=True, input_scaling=True)
+    config = _config(tiny_zoo, tmp_path, peer_agreement=True)
     final = run_training(config, log=lambda _: None)
     assert math.isfinite(final["test_kendall_tau"]) and math.isfinite(final["statnn_test_kendall_tau"])
     assert sum(final["split"].values()) == 48
@@ -69,11 +69,10 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
         "encoder/peers.safetensors",
         "encoder/MLmodel",  # the folder is an MLflow model too (registered as a version of sne-encoder)
     }
-    # The exported encoder knows the training datasets and reads the side inputs scaled as in training.
+    # The exported encoder knows the training datasets and the network inputs it reads.
     encoder, _ = load_encoder(final["run_id"], final["tracking_uri"])
     assert len(encoder.cfg.datasets) >= 2 and list(encoder.cfg.datasets) == sorted(encoder.cfg.datasets)
-    for scaling in (encoder.probe_scaling, encoder.peer_scaling):
-        assert not torch.equal(scaling.scale, torch.ones_like(scaling.scale))
+    assert encoder.cfg.network_inputs == ("probe", "peer")
 
 
 def test_a_rerun_with_the_same_seed_trains_the_same_encoder(tiny_zoo, tmp_path):
@@ -246,7 +245,7 @@ def test_paper_preset_trains_on_weights_alone_and_is_recorded(tiny_zoo, tmp_path
     assert params["preset"] == "paper" and params["blocks"] == "paper"
     assert params["probe_summary"] == params["layer_statistics"] == params["dataset_vectors"] == "False"
     encoder, _ = load_encoder(final["run_id"], final["tracking_uri"])
-    assert encoder.cfg.blocks == "paper" and encoder.probe is None and encoder.dataset_vectors is None
+    assert encoder.cfg.blocks == "paper" and not encoder.network_inputs and encoder.dataset_vectors is None
     # The encoder is a registered model version, loaded by name as predict loads it, and through MLflow's
     # own pyfunc loader; its artifacts sit beside the SQLite store.
     assert final["model_uri"] == "models:/sne-encoder/1"

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from pipeline.chunking import chunk_checkpoint
-from pipeline.collate import INPUT_WIDTHS, collate_chunk_records
+from pipeline.collate import collate_chunk_records
 from pipeline.config import TrainConfig
-from pipeline.encoder import SNE, DeepSets, EncoderConfig, InputScaling, build_set_encoder
+from pipeline.encoder import SNE, DeepSets, EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics
 from pipeline.probes import PROBE_FEATURES
+from pipeline.side_inputs import INPUT_WIDTHS
 from pipeline.train import RUN_ENCODER_FIELDS, encoder_config
 from pipeline.zoo.checkpoint import LAYER_KINDS, Checkpoint, Layer
 
@@ -82,7 +83,7 @@ def test_a_run_chooses_the_encoders_settings_in_one_place():
     """EncoderConfig has no defaults of its own for what a run chooses: each comes from TrainConfig."""
     import pipeline.config
 
-    assert {"hidden", "blocks", "layer_summary", "probe_summary"} <= set(RUN_ENCODER_FIELDS)
+    assert {"hidden", "blocks", "layer_summary", "layer_statistics"} <= set(RUN_ENCODER_FIELDS)
     without_default = {
         f.name
         for f in dataclasses.fields(EncoderConfig)
@@ -243,14 +244,14 @@ def test_an_encoder_is_built_for_the_widths_of_what_it_reads_and_says_which_are_
         ValueError, match=r"input_widths needs a positive width for layer_summary, layer_links, probe"
     ):
         dataclasses.replace(SMALL, input_widths={})
-    weights_only = dataclasses.replace(SMALL, layer_statistics=False, probe_summary=False, input_widths={})
+    weights_only = dataclasses.replace(SMALL, layer_statistics=False, network_inputs=(), input_widths={})
     assert weights_only.side_inputs() == () and weights_only.input_widths == {}
-    statnn = dataclasses.replace(SMALL, layer_summary="statnn", probe_summary=False)
+    statnn = dataclasses.replace(SMALL, layer_summary="statnn", network_inputs=())
     assert statnn.side_inputs() == ("layer_statistics",)
     encoder = _encoder(statnn)
     assert encoder.statistics[0].in_features == INPUT_WIDTHS["layer_statistics"]
     wide = _encoder(dataclasses.replace(SMALL, input_widths={**INPUT_WIDTHS, "probe": 7}))
-    assert wide.probe[0].in_features == 7 and wide.probe_scaling.mean.shape == (7,)
+    assert wide.network_inputs["probe"][0].in_features == 7
 
 
 def test_config_and_encoder_agree_on_the_summary_kinds():
@@ -563,10 +564,6 @@ def test_prediction_reads_the_dataset_vectors_the_encoder_was_trained_with(tmp_p
     encoder = _encoder(dataclasses.replace(SMALL, datasets=("digits",)))
     with torch.no_grad():
         encoder.dataset_vectors.weight.normal_()
-    rng = np.random.default_rng(0)
-    encoder.set_input_scaling(
-        {"probe": InputScaling.statistics(rng.normal(size=(50, PROBE_FEATURES)), PROBE_FEATURES)}
-    )
     checkpoints = _mixed_checkpoints()
     checkpoints[0].dataset = "unseen"
     with torch.no_grad():
@@ -577,58 +574,63 @@ def test_prediction_reads_the_dataset_vectors_the_encoder_was_trained_with(tmp_p
     assert result["unseen_datasets"] == {"unseen": 1}
 
 
-def test_input_scaling_standardises_the_training_values_and_keeps_outliers_bounded():
-    rng = np.random.default_rng(0)
-    values = np.column_stack([rng.normal(3.0, 0.01, 500), rng.normal(-40.0, 20.0, 500)])  # unequal spreads
-    scaling = InputScaling(2)
-    x = torch.tensor(values, dtype=torch.float32)
-    torch.testing.assert_close(scaling(x), torch.asinh(x))  # until set: asinh alone, as older encoders read
-    scaling.set(InputScaling.statistics(values, 2))
-    z = scaling(x)
-    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-3, rtol=0)
-    torch.testing.assert_close(z.std(0), torch.ones(2), atol=0.05, rtol=0)
-    assert scaling(torch.tensor([[1e30, -1e30]])).abs().max() <= InputScaling.LIMIT  # a diverged network
-    with pytest.raises(ValueError, match="2 features"):
-        scaling.set(InputScaling.statistics(values[:, :1], 1))
-    assert InputScaling.statistics(values[:1], 2) == {"mean": [0.0, 0.0], "scale": [1.0, 1.0]}
-    assert InputScaling.statistics([], 2) == {"mean": [0.0, 0.0], "scale": [1.0, 1.0]}  # nothing probed
-
-
-def test_input_scaling_from_batches_equals_a_full_read():
-    """A split too large to hold is scaled from one streaming pass: batch by batch, uneven and empty batches
-    included, the statistics equal those of every row at once (numpy's, computed directly)."""
-    rng = np.random.default_rng(1)
-    values = np.column_stack([rng.normal(1e3, 5.0, 997), rng.normal(-2.0, 0.3, 997), rng.exponential(9, 997)])
-    moments = InputScaling.Moments(3)
-    for part in np.split(values, [1, 2, 300, 300, 650]):
-        moments.add(part)
-    streamed = moments.statistics()
-    a = np.arcsinh(values)
-    np.testing.assert_allclose(streamed["mean"], a.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(streamed["scale"], a.std(0), rtol=1e-9)
-    assert moments.count == len(values)
-
-
-def test_an_encoder_exported_before_the_input_scaling_reads_as_it_did(tmp_path):
+def _export_naming_network_inputs_by_switch(path, encoder: SNE, scaling_mean: float = 0.0) -> None:
+    """``encoder`` exported as runs wrote it before the network inputs were listed: a switch per input, its
+    MLP a module of its own, with the (then optional) identity scaling of its values beside it."""
     from pipeline.export import save_encoder
+
+    state = {k.removeprefix("network_inputs."): v.numpy() for k, v in encoder.state_dict().items()}
+    state["probe_scaling.mean"] = np.full(PROBE_FEATURES, scaling_mean, dtype=np.float32)
+    state["probe_scaling.scale"] = np.ones(PROBE_FEATURES, dtype=np.float32)
+    recorded = {k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "network_inputs"}
+    save_encoder(str(path), state, {"encoder": recorded | {"probe_summary": True, "peer_agreement": False}})
+
+
+def test_an_encoder_exported_with_its_network_inputs_named_by_switch_reads_as_it_did(tmp_path):
     from pipeline.predict import load_encoder
 
     old = _encoder(SMALL)
-    state = {k: v.numpy() for k, v in old.state_dict().items() if not k.startswith("probe_scaling.")}
-    # As such exports were written: without the datasets or the side inputs' widths.
-    meta = {
-        "encoder": {
-            k: v for k, v in dataclasses.asdict(old.cfg).items() if k not in ("datasets", "input_widths")
-        }
-    }
-    save_encoder(str(tmp_path), state, meta)
-    loaded, _ = load_encoder(str(tmp_path))
-    torch.testing.assert_close(loaded.probe_scaling.scale, torch.ones(PROBE_FEATURES))
+    assert SMALL.network_inputs == ("probe",)
+    with torch.no_grad():
+        old.network_inputs["probe"][2].bias.normal_()  # so the probe's MLP shows in the embedding
+    _export_naming_network_inputs_by_switch(tmp_path / "identity", old)
+    loaded, _ = load_encoder(str(tmp_path / "identity"))
+    assert loaded.cfg.network_inputs == ("probe",)
     batch = _batch(_mixed_checkpoints())
+    batch["probe"] = torch.randn(3, PROBE_FEATURES)
+    batch["probe_present"] = torch.tensor([1.0, 0.0, 1.0])
     torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
+    # One whose inputs were standardised by its training networks' spread cannot be read as trained.
+    _export_naming_network_inputs_by_switch(tmp_path / "scaled", old, scaling_mean=0.5)
+    with pytest.raises(ValueError, match=r"standardises its 'probe' input.*train it again"):
+        load_encoder(str(tmp_path / "scaled"))
 
 
-DEEPSETS = dataclasses.replace(SMALL, blocks="deepsets", layer_statistics=False, probe_summary=False)
+def test_network_inputs_add_their_mlp_where_present_and_nothing_where_absent():
+    """Each network input reaches the embedding through its own MLP, weighted by <key>_present; the values
+    enter through asinh and a clip, so a diverged network's probe stays bounded."""
+    both = dataclasses.replace(SMALL, network_inputs=("probe", "peer"))
+    encoder = _encoder(both)
+    without = _encoder(dataclasses.replace(SMALL, network_inputs=()))
+    assert list(encoder.network_inputs) == ["probe", "peer"]
+    batch = _batch(_mixed_checkpoints())
+    assert batch["probe"].shape == (3, PROBE_FEATURES) and not batch["probe_present"].any()
+    torch.testing.assert_close(_embed(encoder, batch), _embed(without, batch))  # nothing present, no change
+    batch["peer"] = torch.full((3, INPUT_WIDTHS["peer"]), 1e30)
+    batch["peer_present"] = torch.tensor([0.0, 1.0, 0.0])
+    shift = _embed(encoder, batch) - _embed(without, batch)
+    assert shift[[0, 2]].abs().max() == 0 and shift[1].abs().max() > 0
+    expected = encoder.network_inputs["peer"](torch.full((1, INPUT_WIDTHS["peer"]), 10.0))[0]
+    torch.testing.assert_close(shift[1], expected.detach())
+    with pytest.raises(ValueError, match="repeats a key"):
+        dataclasses.replace(SMALL, network_inputs=("probe", "probe"))
+    missing = dict(batch)
+    del missing["peer"]
+    with pytest.raises(KeyError, match="'peer' input"):
+        _embed(encoder, missing)
+
+
+DEEPSETS = dataclasses.replace(SMALL, blocks="deepsets", layer_statistics=False, network_inputs=())
 
 
 def test_deepsets_sees_one_set_of_weights_whatever_their_layers_order_or_chunking():

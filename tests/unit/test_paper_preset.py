@@ -21,11 +21,11 @@ def test_paper_preset_reads_weights_only():
     config = paper()
     cfg = encoder_config(config, datasets=("digits", "shapes"))
     assert cfg.blocks == "paper"
-    assert not (cfg.probe_summary or cfg.peer_agreement or cfg.layer_statistics or cfg.datasets)
+    assert not (cfg.network_inputs or cfg.layer_statistics or cfg.datasets)
     encoder = build_encoder(config, datasets=("digits", "shapes"))
-    for side in ("probe", "peer", "statistics", "dataset_vectors"):
+    for side in ("statistics", "dataset_vectors"):
         assert getattr(encoder, side) is None, side
-    assert encoder.probe_scaling is None and encoder.peer_scaling is None
+    assert len(encoder.network_inputs) == 0
 
 
 def test_paper_preset_block_structure():

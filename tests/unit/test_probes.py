@@ -198,8 +198,9 @@ def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(ke
         absent = dict(batch, **{f"{key}_present": torch.zeros(3)})
         assert torch.allclose(encoder(dict(absent, **{key: absent[key] + 1.0})), encoder(absent))
     torch.manual_seed(0)
-    without = SNE(dataclasses.replace(cfg, **{switch: False})).eval()
-    assert getattr(without, key) is None
+    off = encoder_config(dataclasses.replace(TrainConfig(peer_agreement=True), **{switch: False}))
+    without = SNE(dataclasses.replace(cfg, network_inputs=off.network_inputs)).eval()
+    assert key not in without.network_inputs
     with torch.no_grad():
         assert torch.allclose(without(shifted), without(batch))
 
