@@ -8,6 +8,9 @@ Two kinds of side input reach the encoder:
   without knowing what the numbers mean. A network without one adds nothing.
 - **layer summaries** (``LAYER_INPUT_WIDTHS``): per-layer numbers collate computes from the weights
   themselves (``EncoderConfig.layer_summary`` chooses which), added to each layer vector.
+- **the dataset**: each record's ``dataset`` name, read as a learned vector per training dataset
+  (``EncoderConfig.datasets``, fitted as the sorted datasets of the training networks; any other reads as
+  unknown). It is a name, not numbers, so it has no width here.
 
 Both are functions of what a network computes or of its weights' statistics, never of their order, so a
 function-preserving permutation keeps them: ``invariance.permute_record`` copies every column but the
