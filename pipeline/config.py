@@ -112,7 +112,8 @@ class TrainConfig:
 
     def reads_probes(self) -> bool:
         """Whether the encoder reads what the networks compute on the probes, so prepare must run them."""
-        from pipeline import side_inputs  # imported here: the table's widths come from numpy-side modules
+        # Imported here: config loads before the modules that compute the inputs.
+        from pipeline import side_inputs
 
         return side_inputs.reads_probes(side_inputs.network_inputs(self))
 

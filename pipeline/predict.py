@@ -23,7 +23,7 @@ from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_peers, load_training_ids
 from pipeline.probes import NO_PROBE, probe_columns
-from pipeline.side_inputs import INPUT_WIDTHS, reads_probes
+from pipeline.side_inputs import INPUT_WIDTHS, NETWORK_INPUTS, reads_probes
 from pipeline.train import RUN_ENCODER_FIELDS
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
@@ -93,7 +93,7 @@ def _read_network_inputs_by_switch(encoder: str, recorded: dict, tensors: dict) 
     that lists them (network_inputs), in place: its MLPs move under network_inputs. Such an export may hold
     statistics that standardised those inputs (an opt-in that gained nothing on validation and was
     removed); one that holds any but the identity cannot be read as it was trained, and is refused."""
-    switches = {"probe_summary": "probe", "peer_agreement": "peer"}
+    switches = {entry.switch: entry.key for entry in NETWORK_INPUTS}
     if not switches.keys() & recorded.keys():
         return
     recorded["network_inputs"] = tuple(key for name, key in switches.items() if recorded.pop(name, False))

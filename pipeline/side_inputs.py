@@ -1,6 +1,6 @@
 """What the extended model reads beside the weights, declared in one table.
 
-Two kinds of side input reach the encoder:
+Three kinds of side input reach the encoder:
 
 - **network inputs** (``NETWORK_INPUTS``): one fixed-width vector per network, held in a chunk record column
   (null where a network has none). Collate packs each into ``key`` (B, width) and ``key_present`` (B,); the
@@ -12,12 +12,12 @@ Two kinds of side input reach the encoder:
   (``EncoderConfig.datasets``, fitted as the sorted datasets of the training networks; any other reads as
   unknown). It is a name, not numbers, so it has no width here.
 
-Both are functions of what a network computes or of its weights' statistics, never of their order, so a
-function-preserving permutation keeps them: ``invariance.permute_record`` copies every column but the
+None depends on the order of a network's units (the numbers are functions of what it computes or of its
+weights' statistics), so a function-preserving permutation keeps them: ``invariance.permute_record`` copies every column but the
 weights (``chunking.WEIGHT_COLUMNS``), and logit invariance acts on the weight path alone.
 
 A new network input is one entry here, the TrainConfig switch it names, and the stage that fills its
-column; collate, the encoder, the export and predict read it from this table.
+column; collate, the encoder config, TrainConfig.reads_probes and predict read it from this table.
 """
 
 from __future__ import annotations
