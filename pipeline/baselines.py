@@ -8,8 +8,8 @@ missing. ``statnn-side`` adds what the extended SNE reads beside the weights (pr
 validation networks (``select_and_predict``); ``fit_baseline`` runs any of them on a split.
 ``layer_summary`` is a richer per-layer summary: an SNE layer input (collate) and, through
 ``layer_set_features``, features for trees in research/zoo_ceiling.py. ``link_summaries`` adds what no
-single layer shows: how the gains of its units chain with the layers below and above. SNE's default
-layer input ("links") is both.
+single layer shows: how the gains of its units chain with the layers below and above. SNE's layer
+summary (``--layer-statistics``) is both.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def layer_set_features(state: dict[str, np.ndarray], links: bool = False) -> np.
     """(LAYER_SUMMARY · layers,) layer_summary of each layer of a state dict, in its order, with the
     weights and bias scaled by sqrt(fan-in) as SNE sees them (collate's "fan_in" normalisation): the
     summary SNE's encoder is given, in fixed length for trees. ``links`` appends each layer's
-    link_summaries (of the raw weights), as SNE's "links" summary does.
+    link_summaries (of the raw weights), as SNE's layer summary does.
     """
     out, weights = [], []
     for name, weight in state.items():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.baselines import layer_summary, link_summaries, tensor_statistics
+from pipeline.baselines import layer_summary, link_summaries
 from pipeline.chunking import SCHEMA_VERSION
 from pipeline.side_inputs import NETWORK_INPUTS
 from pipeline.zoo.checkpoint import LAYER_KINDS
@@ -61,20 +61,20 @@ def collate_chunk_records(
     batch: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     property_name: str | None = "test_accuracy",
     normalize: str = "fan_in",
-    links: bool = False,
+    layer_summaries: bool = False,
 ) -> dict[str, Any]:
     """Pack chunk records into tensors (see module docstring for shapes).
 
     Returns weight_chunks (T,C,E) float32, weight_mask (T,C) bool, weight_layer (T,) long,
     bias_chunks (U,C,1), bias_mask (U,C), bias_layer (U,), per layer (Lt,) long layer_kind, layer_depth,
-    layer_element_size, layer_checkpoint and float layer_fan_in, two summaries of each layer's normalised
-    weights and bias: layer_statistics (Lt, 14) float (STATNN's per-tensor statistics) and layer_summary
-    (Lt, LAYER_SUMMARY) float (baselines.layer_summary: quantiles of values, magnitudes, row and column RMS
-    and bias, and the layer's sizes), for every network input of pipeline.side_inputs.NETWORK_INPUTS
-    (probe, peer) its vectors (B, width) float (zeros where a record has none) and <key>_present (B,) float
-    (1 where it has one), with ``links`` layer_links (Lt, LINK_SUMMARY) float
-    (baselines.link_summaries of the raw weights: how each layer's unit gains chain with the layers below
-    and above; off by default, as it adds ~60% to the collate time of a batch), target (B,) float
+    layer_element_size, layer_checkpoint and float layer_fan_in, for every network input of
+    pipeline.side_inputs.NETWORK_INPUTS (probe, peer) its vectors (B, width) float (zeros where a record has
+    none) and <key>_present (B,) float (1 where it has one), with ``layer_summaries`` two summaries of each
+    layer: layer_summary (Lt, LAYER_SUMMARY) float (baselines.layer_summary of its normalised weights and
+    bias: quantiles of values, magnitudes, row and column RMS and bias, and the layer's sizes) and
+    layer_links (Lt, LINK_SUMMARY) float (baselines.link_summaries of the raw weights: how each layer's
+    unit gains chain with the layers below and above; off by default, as only the encoders that read them
+    should pay for them: they are most of the collate time of a batch), target (B,) float
     (omitted when property_name is None), the lists ids, families, datasets, and dataset_present (B,) float
     (ones; training's context dropout zeroes some to hide their dataset from the encoder).
     normalize="fan_in" multiplies each layer's weights and bias by sqrt(fan_in), so weights of any width
@@ -93,7 +93,7 @@ def collate_chunk_records(
 
     weights, weight_masks, weight_layer = [], [], []
     biases, bias_masks, bias_layer = [], [], []
-    kinds, depths, elem_sizes, fan_ins, owners, statistics, summaries = [], [], [], [], [], [], []
+    kinds, depths, elem_sizes, fan_ins, owners, summaries = [], [], [], [], [], []
     link_rows = []
     for b, record in enumerate(records):
         if int(record["schema_version"]) != SCHEMA_VERSION:
@@ -118,14 +118,13 @@ def collate_chunk_records(
             bias = np.asarray(record["bias_chunks"][i], dtype=np.float32).reshape(-1, c, 1) * scale
             biases.append(bias)
             bias_masks.append(bm)
-            statistics.append(np.concatenate([tensor_statistics(w[wm]), tensor_statistics(bias[bm])]))
-            # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e) again
-            # (a norm layer's channels are (C, 1, 1), a norm_stats layer's (C, 1, 2)).
-            shape = [int(d) for d in record["layer_weight_shape"][i]]
-            in_units = max(1, math.prod(shape[1:]) // e)
-            layer_weights = w[wm].reshape(-1, in_units, e)
-            summaries.append(layer_summary(layer_weights, bias[bm]))
-            if links:
+            if layer_summaries:
+                # Chunks hold the weights output unit by output unit, so the real ones are (out, in, e)
+                # again (a norm layer's channels are (C, 1, 1), a norm_stats layer's (C, 1, 2)).
+                shape = [int(d) for d in record["layer_weight_shape"][i]]
+                in_units = max(1, math.prod(shape[1:]) // e)
+                layer_weights = w[wm].reshape(-1, in_units, e)
+                summaries.append(layer_summary(layer_weights, bias[bm]))
                 raw_weights.append(layer_weights / scale)
             bias_layer.append(np.full(bm.shape[0], g, dtype=np.int64))
             kinds.append(LAYER_KINDS.index(str(kind)))
@@ -133,7 +132,7 @@ def collate_chunk_records(
             elem_sizes.append(e)
             fan_ins.append(fan_in)
             owners.append(b)
-        if links:
+        if layer_summaries:
             link_rows.extend(link_summaries(raw_weights))
 
     e_max = max(elem_sizes)
@@ -155,8 +154,6 @@ def collate_chunk_records(
         "layer_element_size": torch.tensor(elem_sizes, dtype=torch.long),
         "layer_fan_in": torch.tensor(fan_ins, dtype=torch.float32),
         "layer_checkpoint": torch.tensor(owners, dtype=torch.long),
-        "layer_statistics": torch.from_numpy(np.stack(statistics).astype(np.float32)),
-        "layer_summary": torch.from_numpy(np.stack(summaries).astype(np.float32)),
         "ids": [str(r["id"]) for r in records],
         "families": [str(r["family"]) for r in records],
         "datasets": [str(r["dataset"]) for r in records],
@@ -166,7 +163,8 @@ def collate_chunk_records(
     for entry in NETWORK_INPUTS:
         vectors, present = _side_vectors(records, entry.key, entry.width)
         out[entry.key], out[f"{entry.key}_present"] = torch.from_numpy(vectors), torch.from_numpy(present)
-    if links:
+    if layer_summaries:
+        out["layer_summary"] = torch.from_numpy(np.stack(summaries).astype(np.float32))
         out["layer_links"] = torch.from_numpy(np.stack(link_rows).astype(np.float32))
     if property_name is not None:
         out["target"] = torch.tensor([_target(r, property_name) for r in records], dtype=torch.float32)

@@ -18,8 +18,6 @@ TASKS = ("random", "cross-dataset", "cross-architecture")
 LOSSES = ("mse", "bce")
 NORMALIZATIONS = ("fan_in", "none")
 LR_SCHEDULES = ("cosine", "constant")
-# The keys of encoder.LAYER_SUMMARIES (config stays free of torch).
-LAYER_SUMMARIES = ("sets", "statnn", "links")
 BLOCKS = ("paper", "compact", "deepsets")  # encoder.BLOCKS
 ELEMENT_PROJECTIONS = ("linear", "random_features")  # encoder.ELEMENT_PROJECTIONS
 
@@ -68,10 +66,6 @@ class TrainConfig:
     element_projection: str = "random_features"  # how a chunk element becomes a vector (see EncoderConfig)
     embedding_norm: bool = True  # batch-standardised embedding before the head (see EncoderConfig)
     layer_statistics: bool = True  # per-layer summaries beside the chunk attention (see EncoderConfig)
-    # which summary: "links" ("sets" and baselines.link_summaries), "sets" (baselines.layer_summary) or
-    # "statnn" (STATNN's 7 numbers per tensor); "links" beat "sets" on small (two seeds), cross-architecture
-    # and inr (docs/results.md)
-    layer_summary: str = "links"
     # the network inputs of pipeline.side_inputs.NETWORK_INPUTS (see EncoderConfig.network_inputs):
     probe_summary: bool = True  # what each network computes on data-free probes
     # each classifier's agreement on the probes with the training networks; off by default: where the test
@@ -160,8 +154,6 @@ class TrainConfig:
             raise ValueError(
                 f"element_projection must be one of {ELEMENT_PROJECTIONS}, got {self.element_projection!r}"
             )
-        if self.layer_summary not in LAYER_SUMMARIES:
-            raise ValueError(f"layer_summary must be one of {LAYER_SUMMARIES}, got {self.layer_summary!r}")
         if not 0.0 <= self.context_dropout < 1.0:
             raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
         if self.invariance_weight < 0:
@@ -214,8 +206,7 @@ FIELD_HELP = {
     "positional_encoding": "sinusoidal layer-position and layer-type encodings (the paper's ablation turns them off)",
     "hierarchy": "encode chunks, then layers, then the network; off pools all of a network's chunks at once (the paper's ablation, with --no-positional-encoding and --no-layer-statistics)",
     "embedding_norm": "batch-standardise the network embedding before the head",
-    "layer_statistics": "add a summary of each layer's values to its vector (an addition to the paper's SNE; --preset paper turns it off)",
-    "layer_summary": "that summary: links (sets, and how unit gains chain across layers), sets (quantiles of values, magnitudes, row and column RMS, bias) or statnn (7 numbers per tensor)",
+    "layer_statistics": "add a summary of each layer to its vector: quantiles of its values, magnitudes, row and column RMS and bias, and how its unit gains chain with the layers around it (an addition to the paper's SNE; --preset paper turns it off)",
     "probe_summary": "add what each network computes on fixed data-free noise inputs to its embedding (off: weights only)",
     "peer_agreement": "add how far each classifier agrees on those inputs with the training networks of its dataset",
     "dataset_vectors": "add a learned vector per training dataset to the embedding (others read as unknown)",

@@ -21,12 +21,8 @@ from pipeline.sets import MAB, PMA, SAB, SegmentMAB, dense_sets, feedforward, mi
 
 BLOCKS = ("paper", "compact", "deepsets")
 ELEMENT_PROJECTIONS = ("linear", "random_features")
-# EncoderConfig.layer_summary → the batch keys collate fills, read side by side.
-LAYER_SUMMARIES = {
-    "sets": ("layer_summary",),
-    "statnn": ("layer_statistics",),
-    "links": ("layer_summary", "layer_links"),
-}
+# The batch keys of a layer's summary (collate_chunk_records(..., layer_summaries=True)), read side by side.
+LAYER_SUMMARY_KEYS = ("layer_summary", "layer_links")
 ELEMENT_LIMIT = 10.0  # weight values enter the chunk encoder soft-clipped to this magnitude
 INPUT_LIMIT = 10.0  # a network input's values enter its MLP (after asinh) clipped to this magnitude
 
@@ -70,15 +66,13 @@ class EncoderConfig:
     embedding_norm: bool
     # Add an MLP of a summary of each layer to the layer vector before the network encoder. Our addition to
     # the paper's SNE: attention over chunks learns such moments slowly from ~1,000 networks, and they carry
-    # much of the signal. "sets" (collate's layer_summary: quantiles of the layer's values, magnitudes, row
-    # and column RMS and bias, and its sizes) beats "statnn" (layer_statistics: STATNN's 7 numbers per
-    # tensor) as features for trees on both our zoos (research/zoo_ceiling.py) and inside SNE (docs/results.md); "statnn"
-    # reads encoders exported before "sets" existed. "links" (a run's default) adds to "sets" each layer's
-    # link_summaries: how its units' gains chain with the layers around it, which no layer on its own
-    # shows. All are permutation-invariant, so a network and its permuted copy share them and logit
-    # invariance acts on the chunk path alone.
+    # much of the signal. The summary is the layer seen as sets (layer_summary: quantiles of its values,
+    # magnitudes, row and column RMS and bias, and its sizes), which as features for trees beat STATNN's 7
+    # numbers per tensor on both our zoos (research/zoo_ceiling.py), beside how its units' gains chain with
+    # the layers around it (layer_links), which no layer on its own shows and which added tau on small,
+    # cross-architecture and INR zoos (docs/results.md). Both are permutation-invariant, so a network and
+    # its permuted copy share them and logit invariance acts on the chunk path alone.
     layer_statistics: bool
-    layer_summary: str
     # The per-network vectors added to the embedding, one MLP each, by batch key (pipeline.side_inputs
     # lists them; a run's switches choose them): "probe", what the network computes on fixed data-free noise
     # inputs (pipeline.probes), as the function fixes most of what SNE predicts and reading it off weight
@@ -101,7 +95,7 @@ class EncoderConfig:
 
     def side_inputs(self) -> tuple[str, ...]:
         """The batch keys of the side inputs this encoder reads (each needs a width in input_widths)."""
-        keys = LAYER_SUMMARIES.get(self.layer_summary, ()) if self.layer_statistics else ()
+        keys = LAYER_SUMMARY_KEYS if self.layer_statistics else ()
         return (*keys, *self.network_inputs)
 
     def __post_init__(self) -> None:
@@ -139,10 +133,6 @@ class EncoderConfig:
         if not self.hierarchy and self.layer_statistics:
             raise ValueError(
                 "hierarchy=False has no layer vectors to add a layer summary to: set layer_statistics=False"
-            )
-        if self.layer_summary not in LAYER_SUMMARIES:
-            raise ValueError(
-                f"layer_summary must be one of {tuple(LAYER_SUMMARIES)}, got {self.layer_summary!r}"
             )
         self.input_widths = {str(k): int(v) for k, v in self.input_widths.items()}
         missing = [key for key in self.side_inputs() if self.input_widths.get(key, 0) < 1]
@@ -393,9 +383,7 @@ class SNE(nn.Module):
         self.network_sab2 = SAB(d, cfg.heads) if paper else None
         self.embedding_norm = nn.BatchNorm1d(d) if cfg.embedding_norm else nn.Identity()
         self.statistics = (
-            nn.Sequential(
-                nn.Linear(self._width(*LAYER_SUMMARIES[cfg.layer_summary]), d), nn.GELU(), nn.Linear(d, d)
-            )
+            nn.Sequential(nn.Linear(self._width(*LAYER_SUMMARY_KEYS), d), nn.GELU(), nn.Linear(d, d))
             if cfg.layer_statistics
             else None
         )
@@ -467,14 +455,13 @@ class SNE(nn.Module):
             layers = layers + depth_code
         if self.statistics is not None:
             # Soft-clipped like the chunk elements: a diverged network's moments stay bounded.
-            keys = LAYER_SUMMARIES[cfg.layer_summary]
-            missing = [key for key in keys if key not in batch]
+            missing = [key for key in LAYER_SUMMARY_KEYS if key not in batch]
             if missing:
                 raise KeyError(
-                    f"this encoder reads the {cfg.layer_summary!r} layer summary, but the batch has no "
-                    f"{', '.join(missing)} (collate_chunk_records(..., links=True) adds layer_links)"
+                    f"this encoder reads each layer's summary, but the batch has no {', '.join(missing)} "
+                    "(collate_chunk_records(..., layer_summaries=True) adds them)"
                 )
-            stats = torch.cat([batch[key] for key in keys], dim=1).to(layers.dtype)
+            stats = torch.cat([batch[key] for key in LAYER_SUMMARY_KEYS], dim=1).to(layers.dtype)
             layers = layers + self.statistics(ELEMENT_LIMIT * torch.tanh(stats / ELEMENT_LIMIT))
 
         # The layers of each checkpoint as a dense (B, Lmax, D) set; checkpoints have few layers.

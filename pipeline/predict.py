@@ -23,7 +23,7 @@ from pipeline.encoder import EncoderConfig, build_set_encoder
 from pipeline.evaluation import regression_metrics, scatter_plot, subset_metrics
 from pipeline.export import load_encoder_files, load_peers, load_training_ids
 from pipeline.probes import NO_PROBE, probe_columns
-from pipeline.side_inputs import INPUT_WIDTHS, NETWORK_INPUTS, reads_probes
+from pipeline.side_inputs import INPUT_WIDTHS, reads_probes
 from pipeline.train import RUN_ENCODER_FIELDS
 from pipeline.zoo import Rejection, ZooListing, open_zoo, read_part
 
@@ -34,7 +34,7 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
     """An encoder from an MLflow run id (or ``runs:/<id>/encoder``), a registered model (``models:/NAME/VERSION``,
     ``/latest`` or ``@ALIAS``) or a folder URI of exported files.
 
-    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for older exports) and "peers"
+    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for an export without them) and "peers"
     (the PeerConsensus of an encoder that reads peer agreement, else None) too.
     """
     m = RUN_ID.match(encoder)
@@ -54,23 +54,8 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
         state, meta = load_encoder_files(encoder)
         meta["training_ids"] = load_training_ids(encoder)
         meta["peers"] = load_peers(encoder)
-    # Encoders exported before the embedding norm or the layer statistics existed carry neither key nor layer;
-    # those exported before the "sets" summary used STATNN's, and none before the probe summary read probes;
-    # none before their input widths were recorded read other widths than collate's; those before the
-    # blocks, the element projection or the hierarchy could be chosen had the ones a run takes by default.
-    older = {
-        "input_widths": INPUT_WIDTHS,
-        "positional_encoding": True,
-        "hierarchy": True,
-        "blocks": "compact",
-        "element_projection": "random_features",
-        "embedding_norm": False,
-        "layer_statistics": False,
-        "layer_summary": "statnn",
-    }
-    recorded = {**older, **meta["encoder"]}
+    recorded = meta["encoder"]
     tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    _read_network_inputs_by_switch(encoder, recorded, tensors)
     missing = [name for name in RUN_ENCODER_FIELDS if name not in recorded]
     if missing:
         raise ValueError(f"encoder {encoder} does not record its {', '.join(missing)}: it cannot be rebuilt")
@@ -86,27 +71,6 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
     sne.load_state_dict(tensors)
     sne.eval()
     return sne, meta
-
-
-def _read_network_inputs_by_switch(encoder: str, recorded: dict, tensors: dict) -> None:
-    """Read an export that named its network inputs by their switches (probe_summary, peer_agreement) as one
-    that lists them (network_inputs), in place: its MLPs move under network_inputs. Such an export may hold
-    statistics that standardised those inputs (an opt-in that gained nothing on validation and was
-    removed); one that holds any but the identity cannot be read as it was trained, and is refused."""
-    switches = {entry.switch: entry.key for entry in NETWORK_INPUTS}
-    if not switches.keys() & recorded.keys():
-        return
-    recorded["network_inputs"] = tuple(key for name, key in switches.items() if recorded.pop(name, False))
-    for key in switches.values():
-        mean, scale = tensors.pop(f"{key}_scaling.mean", None), tensors.pop(f"{key}_scaling.scale", None)
-        if mean is not None and (bool(mean.any()) or not bool((scale == 1).all())):
-            raise ValueError(
-                f"encoder {encoder} standardises its {key!r} input by its training networks' spread "
-                "(--input-scaling), which this version no longer does: predict with the version that "
-                "trained it, or train it again"
-            )
-        for name in [n for n in tensors if n.startswith(f"{key}.")]:
-            tensors[f"network_inputs.{name}"] = tensors.pop(name)
 
 
 def _read_batches(listing: ZooListing, batch_size: int, rejected: list) -> Iterator[list]:
@@ -145,14 +109,15 @@ class _Member:
         # A training network is compared with the other training networks, as in training; in another zoo an
         # id that repeats a training network's is a different network.
         self.same_zoo = zoo_fingerprint == self.meta.get("zoo_fingerprint")
-        self.links = self.sne.cfg.layer_statistics and self.sne.cfg.layer_summary == "links"
 
     def predict(self, records: list[dict]) -> tuple[list[float], dict]:
         """(its prediction per record in the property's units, the collated batch)."""
         peers = self.meta["peers"]
         if peers is not None:
             records = [r | {"peer": peers.record_features(r, leave_out=self.same_zoo)} for r in records]
-        batch = collate_chunk_records(records, None, self.meta["normalize"], links=self.links)
+        batch = collate_chunk_records(
+            records, None, self.meta["normalize"], layer_summaries=self.sne.cfg.layer_statistics
+        )
         raw = self.sne(batch)
         if self.meta["loss"] == "bce":
             pred = torch.sigmoid(raw)

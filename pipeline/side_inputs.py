@@ -7,7 +7,7 @@ Three kinds of side input reach the encoder:
   encoder adds an MLP of every one it reads (``EncoderConfig.network_inputs``) to the network embedding,
   without knowing what the numbers mean. A network without one adds nothing.
 - **layer summaries** (``LAYER_INPUT_WIDTHS``): per-layer numbers collate computes from the weights
-  themselves (``EncoderConfig.layer_summary`` chooses which), added to each layer vector.
+  themselves (with ``EncoderConfig.layer_statistics``), added to each layer vector.
 - **the dataset**: each record's ``dataset`` name, read as a learned vector per training dataset
   (``EncoderConfig.datasets``, fitted as the sorted datasets of the training networks; any other reads as
   unknown). It is a name, not numbers, so it has no width here.
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY, STATS_PER_TENSOR
+from pipeline.baselines import LAYER_SUMMARY, LINK_SUMMARY
 from pipeline.probes import PEER_FEATURES, PROBE_FEATURES
 
 
@@ -56,10 +56,9 @@ NETWORK_INPUTS = (
 )
 NETWORK_INPUT = {entry.key: entry for entry in NETWORK_INPUTS}
 
-# Per layer: STATNN's 7 statistics of its (normalised) weights, then the same of its bias ("statnn"); the
-# layer_summary quantiles and sizes ("sets"); how its unit gains chain with the layers around it ("links").
+# Per layer: the quantiles and sizes of its (normalised) weights and bias; how its unit gains chain with the
+# layers around it.
 LAYER_INPUT_WIDTHS = {
-    "layer_statistics": 2 * STATS_PER_TENSOR,
     "layer_summary": LAYER_SUMMARY,
     "layer_links": LINK_SUMMARY,
 }

@@ -74,8 +74,9 @@ def build_encoder(config: TrainConfig, datasets: tuple[str, ...] = ()) -> torch.
 
 def collate(records: list[dict], config: TrainConfig) -> dict:
     """A packed batch of chunk records as this run's encoder reads it."""
-    links = config.layer_statistics and config.layer_summary == "links"
-    return collate_chunk_records(records, config.property, config.normalize, links=links)
+    return collate_chunk_records(
+        records, config.property, config.normalize, layer_summaries=config.layer_statistics
+    )
 
 
 def predict_property(encoder: torch.nn.Module, batch: dict, loss: str, scaler: TargetScaler) -> torch.Tensor:

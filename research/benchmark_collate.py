@@ -1,9 +1,9 @@
-"""Benchmark: collate time per batch for each per-layer summary SNE can read.
+"""Benchmark: collate time per batch, with and without the per-layer summaries SNE can read.
 
 Collate runs on the training workers between steps, so its cost adds to every step. This reads
 prepared chunk records (the folder `jobs/prepare.py` printed, or the `chunk_records` of a
 `jobs/train.py --json` output) and times `collate_chunk_records` over the same batches without
-and with the links summary, after one untimed pass.
+and with the layer summaries (`--no-layer-statistics` runs skip them), after one untimed pass.
 
     python research/benchmark_collate.py --records runs/chunk-records/<fingerprint>-c16-v3
 """
@@ -40,16 +40,16 @@ def main() -> None:
     rows = rows[:wanted]
     batches = [rows[i : i + args.batch_size] for i in range(0, len(rows), args.batch_size)]
 
-    def collate_all(links: bool) -> None:
+    def collate_all(layer_summaries: bool) -> None:
         for batch in batches:
-            collate_chunk_records(batch, links=links)
+            collate_chunk_records(batch, layer_summaries=layer_summaries)
 
     collate_all(False)  # one untimed pass each: imports and allocator warm-up
     collate_all(True)
-    for name, links in (("sets (no links)", False), ("links", True)):
+    for name, layer_summaries in (("weights only", False), ("layer summaries", True)):
         start = time.perf_counter()
         for _ in range(args.repeats):
-            collate_all(links)
+            collate_all(layer_summaries)
         ms = (time.perf_counter() - start) / (args.repeats * len(batches)) * 1000
         print(f"{name:16s} {ms:7.1f} ms per batch of {len(batches[0])} checkpoints")
 

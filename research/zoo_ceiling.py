@@ -4,7 +4,7 @@ Fits gradient-boosted trees on the random task's split (the same split jobs/trai
 these feature sets: the true hyperparameters alone, STATNN's weight statistics, per-layer set
 features (baselines.layer_set_features: what an encoder that summarises each layer on its own can
 see; also fed to an MLP instead of the trees), the same with each layer's links to its neighbours
-(baselines.link_summaries: SNE's "links" summary), the network's outputs on fixed data-free noise
+(baselines.link_summaries: with them, SNE's layer summary), the network's outputs on fixed data-free noise
 inputs (pipeline.probes: SNE's probe summary; where every checkpoint names a runnable architecture),
 alone and beside sets + links, the probes with each classifier's agreement on them with the fitted
 networks of its dataset (pipeline.probes.PeerConsensus), and

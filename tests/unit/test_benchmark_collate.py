@@ -31,9 +31,11 @@ def test_collate_benchmark_times_both_summaries_on_prepared_records(tmp_path, ru
 
     assert done.returncode == 0, done.stderr
     timed = dict(
-        re.findall(r"^(sets \(no links\)|links)\s+([\d.]+) ms per batch of 4 checkpoints$", done.stdout, re.M)
+        re.findall(
+            r"^(weights only|layer summaries)\s+([\d.]+) ms per batch of 4 checkpoints$", done.stdout, re.M
+        )
     )
-    assert set(timed) == {"sets (no links)", "links"} and all(float(ms) > 0 for ms in timed.values())
+    assert set(timed) == {"weights only", "layer summaries"} and all(float(ms) > 0 for ms in timed.values())
 
 
 def test_collate_benchmark_says_when_the_folder_holds_no_records(tmp_path, run_job):

@@ -107,24 +107,9 @@ def test_fan_in_normalisation_scales_each_layer_by_sqrt_fan_in():
         collate_chunk_records(records, normalize="std")
 
 
-def test_layer_statistics_summarise_each_normalised_layer():
-    records = _records()
-    batch = collate_chunk_records(records)  # fan-in normalised
-    stats = batch["layer_statistics"]
-    assert stats.shape == (7, 14) and stats.dtype == torch.float32
-    # cnn layer 1: weight (5, 4, 5, 5) with fan-in 100, bias (5,).
-    cnn = unchunk_record(records[1])
-    weight, bias = cnn["1.weight"] * 10.0, cnn["1.bias"] * 10.0
-    expected = [weight.mean(), weight.std(), *np.percentile(weight, [0, 25, 50, 75, 100])]
-    expected += [bias.mean(), bias.std(), *np.percentile(bias, [0, 25, 50, 75, 100])]
-    np.testing.assert_allclose(stats[3].numpy(), expected, rtol=1e-5, atol=1e-6)
-    # The mlp's second layer has no bias: its half of the summary is zero.
-    assert stats[1, 7:].abs().sum() == 0 and stats[1, :7].abs().sum() > 0
-
-
 def test_layer_summary_sees_each_layer_unit_by_unit():
     records = _records()
-    batch = collate_chunk_records(records)  # fan-in normalised
+    batch = collate_chunk_records(records, layer_summaries=True)  # fan-in normalised
     summary = batch["layer_summary"]
     assert summary.shape == (7, LAYER_SUMMARY) and summary.dtype == torch.float32
     # cnn layer 1: weight (5, 4, 5, 5) with fan-in 100, bias (5,): unchunked, its rows are output channels.
@@ -135,8 +120,9 @@ def test_layer_summary_sees_each_layer_unit_by_unit():
 
 def test_layer_links_chain_each_checkpoints_raw_weights():
     records = _records()
-    assert "layer_links" not in collate_chunk_records(records)  # only on request: it costs collate time
-    links = collate_chunk_records(records, links=True)["layer_links"]  # of the raw weights
+    plain = collate_chunk_records(records)  # only on request: they are most of collate's time
+    assert "layer_links" not in plain and "layer_summary" not in plain
+    links = collate_chunk_records(records, layer_summaries=True)["layer_links"]  # of the raw weights
     assert links.shape == (7, LINK_SUMMARY) and links.dtype == torch.float32
     cnn = unchunk_record(records[1])
     expected = link_summaries([cnn["0.weight"], cnn["1.weight"], cnn["2.weight"]])

@@ -29,7 +29,6 @@ def test_overrides_are_type_checked_and_converted():
         ({"loss": "bce", "property": "frequency"}, "loss bce needs a property in [0, 1]"),
         ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"grad_clip": -1}, "grad_clip must be >= 0"),
-        ({"layer_summary": "moments"}, "layer_summary must be one of"),
         ({"test_fraction": 1.0}, "test_fraction must be between 0 and 1"),
         (
             {

@@ -50,8 +50,9 @@ def _mixed_checkpoints(seed: int = 0) -> list[Checkpoint]:
     ]
 
 
-def _batch(checkpoints: list[Checkpoint], chunk_size: int = 4) -> dict:
-    return collate_chunk_records([chunk_checkpoint(c, chunk_size) for c in checkpoints], links=True)
+def _batch(checkpoints: list[Checkpoint], chunk_size: int = 4, layer_summaries: bool = True) -> dict:
+    records = [chunk_checkpoint(c, chunk_size) for c in checkpoints]
+    return collate_chunk_records(records, layer_summaries=layer_summaries)
 
 
 def _encoder(cfg: EncoderConfig = SMALL, seed: int = 0) -> SNE:
@@ -83,7 +84,7 @@ def test_a_run_chooses_the_encoders_settings_in_one_place():
     """EncoderConfig has no defaults of its own for what a run chooses: each comes from TrainConfig."""
     import pipeline.config
 
-    assert {"hidden", "blocks", "layer_summary", "layer_statistics"} <= set(RUN_ENCODER_FIELDS)
+    assert {"hidden", "blocks", "layer_statistics"} <= set(RUN_ENCODER_FIELDS)
     without_default = {
         f.name
         for f in dataclasses.fields(EncoderConfig)
@@ -133,7 +134,7 @@ def test_padded_layers_change_nothing():
     # Two empty layers for the cnn (one with padded chunks, one with none) and one for the mlp.
     extra = {"layer_kind": [2, 0, 1], "layer_depth": [5, 9, 2], "layer_element_size": [9, 1, 3]}
     extra |= {"layer_fan_in": [9.0, 4.0, 6.0], "layer_checkpoint": [1, 1, 0]}
-    for summary in ("layer_statistics", "layer_summary", "layer_links"):
+    for summary in ("layer_summary", "layer_links"):
         extra[summary] = (torch.randn(3, batch[summary].shape[1]) * 10).tolist()
     for key, values in extra.items():
         batch[key] = torch.cat([batch[key], torch.tensor(values, dtype=batch[key].dtype)])
@@ -208,34 +209,25 @@ def test_without_the_hierarchy_a_network_is_one_set_of_chunks_whatever_their_lay
         dataclasses.replace(SMALL, hierarchy=False)
 
 
-@pytest.mark.parametrize(
-    "kind, key, unread",
-    [
-        ("sets", "layer_summary", "layer_statistics"),
-        ("statnn", "layer_statistics", "layer_summary"),
-        ("links", "layer_links", "layer_statistics"),
-        ("sets", "layer_summary", "layer_links"),
-    ],
-)
-def test_layer_statistics_switch(kind, key, unread):
+@pytest.mark.parametrize("key", ["layer_summary", "layer_links"])
+def test_layer_statistics_switch(key):
     batch = _batch(_mixed_checkpoints())
-    other = dict(batch, **{key: batch[key].flip(0)})  # swap the layers' summaries of the chosen kind
-    with_stats = _encoder(dataclasses.replace(SMALL, layer_summary=kind))
+    other = dict(batch, **{key: batch[key].flip(0)})  # swap the layers' summaries of one kind
+    with_stats = _encoder(SMALL)
     assert not torch.allclose(_embed(with_stats, batch), _embed(with_stats, other), atol=1e-4)
-    flipped = dict(batch, **{unread: batch[unread].flip(0)})  # a summary of another kind is not read
-    torch.testing.assert_close(_embed(with_stats, flipped), _embed(with_stats, batch))
     without = _encoder(dataclasses.replace(SMALL, layer_statistics=False))
     assert without.statistics is None
     torch.testing.assert_close(_embed(without, other), _embed(without, batch))  # the summaries are not read
-    with pytest.raises(ValueError, match="layer_summary"):
-        dataclasses.replace(SMALL, layer_summary="moments")
 
 
-def test_an_encoder_that_reads_links_says_how_to_collate_them():
+def test_an_encoder_that_reads_layer_summaries_says_how_to_collate_them():
     batch = _batch(_mixed_checkpoints())
-    del batch["layer_links"]  # collated without links=True
-    with pytest.raises(KeyError, match=r"'links' layer summary.*no layer_links.*links=True"):
-        _embed(_encoder(dataclasses.replace(SMALL, layer_summary="links")), batch)
+    del batch["layer_links"]
+    with pytest.raises(KeyError, match=r"each layer's summary.*no layer_links.*layer_summaries=True"):
+        _embed(_encoder(SMALL), batch)
+    weights_only = _batch(_mixed_checkpoints(), layer_summaries=False)
+    assert "layer_summary" not in weights_only and "layer_links" not in weights_only
+    _embed(_encoder(dataclasses.replace(SMALL, layer_statistics=False)), weights_only)  # reads without them
 
 
 def test_an_encoder_is_built_for_the_widths_of_what_it_reads_and_says_which_are_missing():
@@ -246,19 +238,12 @@ def test_an_encoder_is_built_for_the_widths_of_what_it_reads_and_says_which_are_
         dataclasses.replace(SMALL, input_widths={})
     weights_only = dataclasses.replace(SMALL, layer_statistics=False, network_inputs=(), input_widths={})
     assert weights_only.side_inputs() == () and weights_only.input_widths == {}
-    statnn = dataclasses.replace(SMALL, layer_summary="statnn", network_inputs=())
-    assert statnn.side_inputs() == ("layer_statistics",)
-    encoder = _encoder(statnn)
-    assert encoder.statistics[0].in_features == INPUT_WIDTHS["layer_statistics"]
+    layers_only = dataclasses.replace(SMALL, network_inputs=())
+    assert layers_only.side_inputs() == ("layer_summary", "layer_links")
+    encoder = _encoder(layers_only)
+    assert encoder.statistics[0].in_features == INPUT_WIDTHS["layer_summary"] + INPUT_WIDTHS["layer_links"]
     wide = _encoder(dataclasses.replace(SMALL, input_widths={**INPUT_WIDTHS, "probe": 7}))
     assert wide.network_inputs["probe"][0].in_features == 7
-
-
-def test_config_and_encoder_agree_on_the_summary_kinds():
-    from pipeline.config import LAYER_SUMMARIES as config_kinds
-    from pipeline.encoder import LAYER_SUMMARIES
-
-    assert tuple(LAYER_SUMMARIES) == config_kinds
 
 
 def test_gradients_flow_through_checkpointed_micro_batches():
@@ -373,18 +358,22 @@ def test_a_diverged_network_with_huge_weights_trains_without_overflow():
         optimizer.step()
 
 
-def test_an_encoder_exported_before_the_sets_summary_still_loads(tmp_path):
-    from pipeline.export import save_encoder
+def test_an_export_of_another_format_version_is_refused_by_name(tmp_path):
+    import json
+
+    from pipeline.export import FORMAT_VERSION, META_FILE, save_encoder
     from pipeline.predict import load_encoder
 
-    old = _encoder(dataclasses.replace(SMALL, layer_summary="statnn"))
-    meta = {"encoder": dataclasses.asdict(old.cfg)}
-    del meta["encoder"]["layer_summary"]  # as such exports were written
-    save_encoder(str(tmp_path), {k: v.numpy() for k, v in old.state_dict().items()}, meta)
-    loaded, _ = load_encoder(str(tmp_path))
-    assert loaded.cfg.layer_summary == "statnn"
-    batch = _batch(_mixed_checkpoints())
-    torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
+    encoder = _encoder(SMALL)
+    save_encoder(str(tmp_path), {k: v.numpy() for k, v in encoder.state_dict().items()}, {"encoder": {}})
+    meta_path = tmp_path / META_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta["format_version"] == FORMAT_VERSION
+    for version, made_by in ((None, "an earlier"), (FORMAT_VERSION + 1, "a later")):
+        meta["format_version"] = version
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=rf"exported by {made_by} version.*train it again"):
+            load_encoder(str(tmp_path))
 
 
 def test_an_export_that_does_not_record_its_size_is_refused_by_name(tmp_path):
@@ -427,10 +416,11 @@ def _exported_encoder_and_zoo(tmp_path, encoder, checkpoints, training_ids=None,
     return str(tmp_path / "encoder"), str(tmp_path / "zoo")
 
 
-def test_prediction_gives_a_links_encoder_the_links_it_reads(tmp_path):
+@pytest.mark.parametrize("layer_statistics", [True, False])
+def test_prediction_gives_an_encoder_the_layer_summaries_it_reads(tmp_path, layer_statistics):
     from pipeline.predict import predict_zoo
 
-    encoder = _encoder(dataclasses.replace(SMALL, layer_summary="links"))
+    encoder = _encoder(dataclasses.replace(SMALL, layer_statistics=layer_statistics))
     checkpoints = _mixed_checkpoints()
     rows = predict_zoo(*_exported_encoder_and_zoo(tmp_path, encoder, checkpoints))["rows"]
     with torch.no_grad():
@@ -572,38 +562,6 @@ def test_prediction_reads_the_dataset_vectors_the_encoder_was_trained_with(tmp_p
     predicted = {r["id"]: r["prediction"] for r in result["rows"]}
     np.testing.assert_allclose([predicted[c.id] for c in checkpoints], expected.numpy(), rtol=1e-5, atol=1e-6)
     assert result["unseen_datasets"] == {"unseen": 1}
-
-
-def _export_naming_network_inputs_by_switch(path, encoder: SNE, scaling_mean: float = 0.0) -> None:
-    """``encoder`` exported as runs wrote it before the network inputs were listed: a switch per input, its
-    MLP a module of its own, with the (then optional) identity scaling of its values beside it."""
-    from pipeline.export import save_encoder
-
-    state = {k.removeprefix("network_inputs."): v.numpy() for k, v in encoder.state_dict().items()}
-    state["probe_scaling.mean"] = np.full(PROBE_FEATURES, scaling_mean, dtype=np.float32)
-    state["probe_scaling.scale"] = np.ones(PROBE_FEATURES, dtype=np.float32)
-    recorded = {k: v for k, v in dataclasses.asdict(encoder.cfg).items() if k != "network_inputs"}
-    save_encoder(str(path), state, {"encoder": recorded | {"probe_summary": True, "peer_agreement": False}})
-
-
-def test_an_encoder_exported_with_its_network_inputs_named_by_switch_reads_as_it_did(tmp_path):
-    from pipeline.predict import load_encoder
-
-    old = _encoder(SMALL)
-    assert SMALL.network_inputs == ("probe",)
-    with torch.no_grad():
-        old.network_inputs["probe"][2].bias.normal_()  # so the probe's MLP shows in the embedding
-    _export_naming_network_inputs_by_switch(tmp_path / "identity", old)
-    loaded, _ = load_encoder(str(tmp_path / "identity"))
-    assert loaded.cfg.network_inputs == ("probe",)
-    batch = _batch(_mixed_checkpoints())
-    batch["probe"] = torch.randn(3, PROBE_FEATURES)
-    batch["probe_present"] = torch.tensor([1.0, 0.0, 1.0])
-    torch.testing.assert_close(_embed(loaded, batch), _embed(old, batch))
-    # One whose inputs were standardised by its training networks' spread cannot be read as trained.
-    _export_naming_network_inputs_by_switch(tmp_path / "scaled", old, scaling_mean=0.5)
-    with pytest.raises(ValueError, match=r"standardises its 'probe' input.*train it again"):
-        load_encoder(str(tmp_path / "scaled"))
 
 
 def test_network_inputs_add_their_mlp_where_present_and_nothing_where_absent():

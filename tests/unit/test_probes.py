@@ -182,7 +182,7 @@ def test_the_encoder_reads_the_probe_and_peer_vectors_only_where_there_is_one(ke
     records = [chunk_checkpoint(c, 4) | probe_columns(c) for c in networks]
     for r in records:
         r["peer"] = [0.5, 0.4, 1.0, 0.6, 0.3, 2.0]
-    batch = collate_chunk_records(records, links=True)
+    batch = collate_chunk_records(records, layer_summaries=True)
     cfg = dataclasses.replace(
         encoder_config(TrainConfig(peer_agreement=True)),
         inducing_points=4,

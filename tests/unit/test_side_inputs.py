@@ -53,4 +53,4 @@ def test_a_runs_switches_choose_the_encoders_network_inputs_in_table_order():
     encoder = SNE(dataclasses.replace(encoder_config(TrainConfig(**every)), chunk_micro_batch=64))
     assert list(encoder.network_inputs) == [entry.key for entry in NETWORK_INPUTS]
     with torch.no_grad():
-        assert encoder.eval()(collate_chunk_records(_records(), links=True)).shape == (2,)
+        assert encoder.eval()(collate_chunk_records(_records(), layer_summaries=True)).shape == (2,)

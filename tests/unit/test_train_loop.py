@@ -76,13 +76,15 @@ def test_recalibration_is_a_no_op_without_an_embedding_norm():
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_training_with_the_links_summary_collates_links_and_learns():
+def test_training_with_layer_summaries_collates_them_and_learns():
     records = _records(16, seed=2)
-    sets = from_dict({"chunk_size": 4, "layer_summary": "sets"}, debug())
-    assert "layer_links" not in collate(records, sets)  # only the encoders that read them pay for them
+    weights_only = from_dict({"chunk_size": 4, "layer_statistics": False}, debug())
+    # Only the encoders that read them pay for them.
+    assert not {"layer_summary", "layer_links"} & collate(records, weights_only).keys()
     config = from_dict({"chunk_size": 4, "lr": 1e-2}, debug())
-    assert config.layer_summary == "links"  # the default
-    assert collate(records, config)["layer_links"].shape[0] == 2 * len(records)
+    assert config.layer_statistics  # the default
+    batch = collate(records, config)
+    assert batch["layer_summary"].shape[0] == batch["layer_links"].shape[0] == 2 * len(records)
     torch.manual_seed(0)
     encoder = build_encoder(config).train()
     optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr)
