@@ -1,13 +1,16 @@
 """Ray Data: a zoo → chunk records (Parquet shards on storage) → a Dataset for training.
 
 Data flow: list the zoo (parts: shards, row ranges, trial groups) on the driver; one Ray task per
-part reads its checkpoints, pad-chunks them and streams chunk records to ``write_parquet``. The
-driver never holds checkpoints, so memory follows the part size, not the zoo size.
+part reads its checkpoints and pad-chunks them. Without probes that task also writes the part's
+records file itself, so no record passes through the object store; with probes the records stream
+on to the probe stage (a whole CPU per task) and from it to ``write_parquet``. The driver never
+holds checkpoints, so memory follows the part size, not the zoo size.
 
 Output layout (``<records>`` is derived from the zoo fingerprint, chunk size and schema version
 unless given explicitly)::
 
-    <records>/records/*.parquet      chunk records, one row per accepted checkpoint
+    <records>/records/*.parquet      chunk records, one row per accepted checkpoint (without probes
+                                      one file per part with records, part-<index>.parquet)
     <records>/rejected/part-*.parquet  id + reason for each rejected checkpoint
     <records>/_COMPLETE.json          written last: the summary and every file's size and SHA-256;
                                       without it the output is incomplete
@@ -36,7 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.chunking import SCHEMA_VERSION, chunk_checkpoint, records_table
+from pipeline.chunking import (
+    CHUNK_RECORD_SCHEMA,
+    PARQUET_WRITE_OPTIONS,
+    SCHEMA_VERSION,
+    chunk_checkpoint,
+    records_table,
+)
 from pipeline.probes import probe_table
 from pipeline.zoo import Checkpoint, Rejection, open_zoo, read_part
 
@@ -115,29 +124,47 @@ def read_completion(records_uri: str) -> dict | None:
     return json.loads(fs.cat_file(path))
 
 
-def _chunk_part(batch: dict, chunk_size: int, records_uri: str) -> Iterator[pa.Table]:
-    """Ray Data UDF: one zoo part → chunk records; rejections go beside the output."""
+def _chunk_part(batch: dict, chunk_size: int, records_uri: str, write_records: bool) -> Iterator[pa.Table]:
+    """Ray Data UDF: one zoo part → chunk records; rejections go beside the output.
+
+    With ``write_records`` the part's records go straight to ``records/part-<index>.parquet`` (a row group
+    per ROWS_PER_BLOCK records) and the task yields only their count; otherwise they leave the task in
+    slices of ROWS_PER_BLOCK rows for the next stage. Files are named by part and written whole, so a
+    retried task overwrites what an earlier attempt wrote instead of adding to it."""
     for part_json, part_index in zip(batch["part"], batch["part_index"], strict=True):
         part = json.loads(part_json)
+        name = f"part-{int(part_index):06d}.parquet"
+        sink, writer, written = io.BytesIO(), None, 0
         rows: list[dict] = []
         rejected: list[dict] = []
-        for item in read_part(part):
+        items = read_part(part)
+        while True:
+            item = next(items, None)
             if isinstance(item, Rejection):
                 rejected.append({"id": item.id, "reason": item.reason})
                 continue
-            assert isinstance(item, Checkpoint)
-            rows.append(chunk_checkpoint(item, chunk_size))
-            if len(rows) >= ROWS_PER_BLOCK:
-                yield records_table(rows)
+            if item is not None:
+                assert isinstance(item, Checkpoint)
+                rows.append(chunk_checkpoint(item, chunk_size))
+            if rows and (item is None or len(rows) >= ROWS_PER_BLOCK):
+                if write_records:
+                    writer = writer or pq.ParquetWriter(sink, CHUNK_RECORD_SCHEMA, **PARQUET_WRITE_OPTIONS)
+                    writer.write_table(records_table(rows))
+                    written += len(rows)
+                else:
+                    yield records_table(rows)
                 rows = []
-        if rows:
-            yield records_table(rows)
+            if item is None:
+                break
+        if writer is not None:
+            writer.close()
+            storage.write_bytes_atomic(storage.join(records_uri, "records", name), sink.getvalue())
         # Written even when empty: one file per part makes a retried task overwrite, not duplicate.
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA), buf)
-        storage.write_bytes_atomic(
-            storage.join(records_uri, "rejected", f"part-{int(part_index):06d}.parquet"), buf.getvalue()
-        )
+        storage.write_bytes_atomic(storage.join(records_uri, "rejected", name), buf.getvalue())
+        if write_records:
+            yield pa.table({"records": [written]})
 
 
 def read_rejections(records_uri: str) -> pa.Table:
@@ -250,7 +277,7 @@ def _write_records(
         _chunk_part,
         batch_size=1,
         batch_format="numpy",
-        fn_kwargs={"chunk_size": chunk_size, "records_uri": out},
+        fn_kwargs={"chunk_size": chunk_size, "records_uri": out, "write_records": not probe},
         # Reading + chunking is light; a fraction of a CPU lets Train workers run beside it.
         num_cpus=0.5,
         compute=TaskPoolStrategy(size=parts_in_flight) if parts_in_flight else None,
@@ -259,8 +286,12 @@ def _write_records(
         # Running networks is the heavy part: a stage of its own, a whole CPU per task, that a cluster
         # spreads over its nodes and that a prepare for a weights-only encoder never pays for.
         ds = ds.map_batches(probe_table, batch_format="pyarrow", batch_size=None, num_cpus=PROBE_TASK_CPUS)
-    pa_fs, records_path = pyarrow_filesystem(storage.join(out, "records"))
-    ds.write_parquet(records_path, filesystem=pa_fs)
+        pa_fs, records_path = pyarrow_filesystem(storage.join(out, "records"))
+        ds.write_parquet(records_path, filesystem=pa_fs, **PARQUET_WRITE_OPTIONS)
+    else:
+        # The chunking tasks wrote every record; what comes back is a count per part.
+        for _ in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            pass
 
     rejected = read_rejections(out)
     reasons: dict[str, int] = {}
