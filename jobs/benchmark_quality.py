@@ -2,6 +2,11 @@
 
 python jobs/benchmark_quality.py --zoo URI --protocol random|cross-dataset|cross-architecture
     [--models paper,sne,deepsets,statnn,statnn-side,mlp,mean] [--seeds 3] [--epochs N] [--json PATH] [--out PATH.md]
+    [--set KEY=VALUE ...]
+
+--set changes every SNE model's preset alike, for an ablation: the paper's INR table without logit
+invariance is `--models paper --property frequency --set invariance_weight=0`, without positional
+encodings and hierarchy `--set positional_encoding=false --set hierarchy=false`.
 
 Every model chooses on the validation networks only (SNE and DeepSets their epoch, the feature baselines
 their settings) and reads the test split once per run; a seed changes a model's initialisation and batch
@@ -15,8 +20,18 @@ import argparse
 
 from pipeline import config as cfg
 from pipeline import storage, tracking
-from pipeline.benchmark import MODELS, PROTOCOLS, format_markdown, run_benchmark
+from pipeline.benchmark import MODELS, PROTOCOLS, check_models, check_settings, format_markdown, run_benchmark
 from pipeline.runtime import add_ray_arguments, start_ray, user_errors
+
+
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        settings[key.strip().replace("-", "_")] = value.strip()
+    return settings
 
 
 def main() -> None:
@@ -39,12 +54,21 @@ def main() -> None:
     )
     p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment")
     p.add_argument("--name", help="the parent run's name (default: benchmark-PROTOCOL-TIME)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting of every SNE model's preset (a TrainConfig field; repeatable)",
+    )
     p.add_argument("--json", help="write the summary here as JSON (a path or URI)")
     p.add_argument("--out", help="write the tables here as Markdown (a path or URI)")
     add_ray_arguments(p)
     args = p.parse_args()
 
     with user_errors():
+        models = [m for m in args.models.split(",") if m]
+        settings = check_settings(parse_settings(args.set), check_models(models))  # before Ray starts
         base = cfg.from_dict(
             {
                 "zoo": args.zoo,
@@ -60,10 +84,11 @@ def main() -> None:
         summary = run_benchmark(
             args.zoo,
             args.protocol,
-            [m for m in args.models.split(",") if m],
+            models,
             args.seeds,
             base,
             epochs=args.epochs,
+            settings=settings,
             name=args.name,
         )
     table = format_markdown(summary, args.seeds)

@@ -16,6 +16,9 @@ aligned by layer role → gradient-boosted trees; weights only, like ``paper``),
 plus the probe summary and dataset the extended SNE reads) and ``mlp`` (flattened weights; one-architecture
 zoos only). ``mean`` gives each test network its dataset's training mean. A seed changes a model's
 initialisation and batch order, never the split. Every run is an MLflow child run of one parent run.
+
+``settings`` change every SNE model's preset alike (an ablation: ``invariance_weight=0``, or
+``hierarchy=false`` with ``positional_encoding=false``); the summary records them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 
 from pipeline import storage, tracking
 from pipeline.baselines import BASELINE_MODELS, check_one_architecture, fit_baseline
-from pipeline.config import PRESETS, TrainConfig
+from pipeline.config import PRESETS, TrainConfig, from_dict
 from pipeline.data import read_record_index
 from pipeline.driver import baseline_rows, prepare_records, run_training, split_records
 from pipeline.evaluation import regression_metrics
@@ -126,11 +129,13 @@ def run_benchmark(
     base: TrainConfig,
     *,
     epochs: int | None = None,
+    settings: dict | None = None,
     name: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the protocol; returns the summary documented in ``summarize`` (``jobs/benchmark_quality.py``)."""
     check_models(models)
+    settings = check_settings(settings or {}, models)
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     tracking_uri = tracking.resolve_tracking_uri(base.tracking_uri)
@@ -149,6 +154,7 @@ def run_benchmark(
             check_one_architecture(list(feature_rows.values()))  # refuse a mixed zoo before anything trains
     name = name or f"benchmark-{protocol}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = {"protocol": protocol, "models": ",".join(models), "seeds": seeds, "zoo": zoo, "epochs": epochs}
+    params |= {f"set.{key}": value for key, value in settings.items()}
     parent = tracking.start_run(tracking_uri, base.experiment, name, params, {"benchmark": protocol})
     tracking.log_zoo_input(
         tracking_uri,
@@ -168,7 +174,7 @@ def run_benchmark(
                     started = time.time()
                     if model in SNE_MODELS:
                         config = dataclasses.replace(
-                            PRESETS[SNE_MODELS[model]](),
+                            from_dict(settings, PRESETS[SNE_MODELS[model]]()),
                             **{name: getattr(base, name) for name in KEPT_FROM_BASE},
                             **cell.split,
                             seed=seed,
@@ -208,7 +214,14 @@ def run_benchmark(
         tracking.end_run(tracking_uri, parent, "FAILED")
         raise
     summary = summarize(results, protocol, zoo, models, [c.name for c in cells])
-    summary.update({"parent_run_id": parent, "tracking_uri": tracking_uri, "split_seed": base.split_seed})
+    summary.update(
+        {
+            "parent_run_id": parent,
+            "tracking_uri": tracking_uri,
+            "split_seed": base.split_seed,
+            "settings": settings,
+        }
+    )
     tracking.log_metrics(
         tracking_uri,
         parent,
@@ -233,6 +246,44 @@ KEPT_FROM_BASE = (
     "cpus_per_worker",
     "use_gpu",
 )
+
+
+# What the benchmark itself sets in each SNE run (a protocol's split, the seed, the run's bookkeeping) or
+# takes from its own flags: not a setting to change.
+NOT_SETTABLE = (
+    *KEPT_FROM_BASE,
+    "task",
+    "test_fraction",
+    "train_datasets",
+    "test_datasets",
+    "train_families",
+    "test_families",
+    "seed",
+    "epochs",
+    "statnn",
+    "register_as",
+    "run_name",
+)
+
+
+def check_settings(settings: dict, models: list[str]) -> dict:
+    """``settings`` checked against every SNE model's preset (ValueError naming what is wrong); {} for none."""
+    if not settings:
+        return {}
+    fixed = sorted(set(settings) & set(NOT_SETTABLE))
+    if fixed:
+        raise ValueError(
+            f"the benchmark sets {', '.join(fixed)} itself (its flags, the protocol's split or the seed)"
+        )
+    sne = [m for m in models if m in SNE_MODELS]
+    if not sne:
+        raise ValueError("settings change SNE models' presets, but none of paper, sne, deepsets is run")
+    for model in sne:
+        try:
+            from_dict(settings, PRESETS[SNE_MODELS[model]]())
+        except ValueError as e:
+            raise ValueError(f"{model}: {e}") from None
+    return dict(settings)
 
 
 def _train(config: TrainConfig, parent: str) -> dict:
@@ -322,7 +373,14 @@ def format_markdown(summary: dict, seeds: int) -> str:
     lines = [
         f"Protocol `{summary['protocol']}` on `{summary['zoo']}`, {seeds} seed(s) per model, split seed "
         f"{summary.get('split_seed', 0)}; test τ, R² and MSE over the test networks, mean ± std over "
-        + ("seeds." if summary["protocol"] == "random" else "every run (each training side × seed)."),
+        + ("seeds." if summary["protocol"] == "random" else "every run (each training side × seed).")
+        + (
+            " SNE models' presets changed by: "
+            + ", ".join(f"`{k}={v}`" for k, v in summary["settings"].items())
+            + "."
+            if summary.get("settings")
+            else ""
+        ),
         "",
     ]
     per = "dataset" if summary["protocol"] != "cross-architecture" else "family"

@@ -572,6 +572,9 @@ def run_training(
         + (" [cached]" if prepared.reused else f" [{prepared.seconds:.0f} s]")
     )
 
+    # Prepare showed its bar; the reads from here on (the split, the fits, every epoch's splits) would bury
+    # the results under bars of their own.
+    quiet_data_progress()
     assignment, index = split_records(config, prepared.output)
     counts = {s: sum(1 for v in assignment.values() if v == s) for s in ("train", "val", "test")}
     log(f"split ({config.task}): {counts}")
@@ -584,7 +587,6 @@ def run_training(
         config, tracking_uri, prepared, assignment, counts, fitted, parent_run_id, log
     )
 
-    quiet_data_progress()  # prepare showed its bar; per-epoch bars of the splits would bury the results
     # Streamed: every epoch reads the training split's records again from storage, in a fresh file order,
     # so no split is held in memory and a run's memory does not grow with the zoo.
     datasets = split_datasets(prepared.output, assignment, peers=fitted.peers, shuffle_seed=config.seed)

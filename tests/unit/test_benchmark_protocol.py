@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from pipeline.benchmark import check_models, format_markdown, mean_baseline, protocol_cells, score, summarize
+from pipeline.benchmark import (
+    check_models,
+    check_settings,
+    format_markdown,
+    mean_baseline,
+    protocol_cells,
+    score,
+    summarize,
+)
+from pipeline.config import from_dict, paper
 
 
 def test_random_is_one_split_and_cross_protocols_train_on_each_group_in_turn():
@@ -82,3 +91,33 @@ def test_a_cross_protocol_prints_the_train_test_matrix():
     ]
     table = format_markdown(summarize(runs, "cross-dataset", "z", ["paper"], ["a", "b"]), 1)
     assert "| a | – | 0.400 |" in table and "| b | 0.300 | – |" in table
+
+
+def test_settings_change_every_sne_preset_alike_and_bad_ones_are_named():
+    """An ablation (the paper's INR table) is the paper preset with a setting changed, checked up front."""
+    assert check_settings({}, ["statnn"]) == {}
+    ablation = check_settings({"positional_encoding": "false", "hierarchy": "false"}, ["paper", "mean"])
+    changed = from_dict(ablation, paper())
+    assert not changed.hierarchy and not changed.positional_encoding and changed.blocks == paper().blocks
+    with pytest.raises(ValueError, match="sets seed, task itself"):
+        check_settings({"seed": "3", "task": "random"}, ["paper"])
+    with pytest.raises(ValueError, match="unknown config key.*hierarchie"):
+        check_settings({"hierarchie": "false"}, ["paper"])
+    with pytest.raises(ValueError, match="hierarchy: expected a boolean"):
+        check_settings({"hierarchy": "maybe"}, ["paper"])
+    with pytest.raises(ValueError, match="none of paper, sne, deepsets is run"):
+        check_settings({"hierarchy": "false"}, ["statnn"])
+    with pytest.raises(ValueError, match="^sne: .*layer summary"):  # the extended preset reads one
+        check_settings({"hierarchy": "false"}, ["paper", "sne"])
+
+    summary = summarize([_run("paper", 0, 0.5)], "random", "z", ["paper"], ["random"])
+    summary["settings"] = ablation
+    assert "changed by: `positional_encoding=false`, `hierarchy=false`." in format_markdown(summary, 1)
+
+
+def test_the_job_refuses_a_bad_setting_before_anything_starts(run_job):
+    done = run_job("benchmark_quality.py", "--models", "paper,statnn", "--set", "hierarchy")
+    assert done.returncode != 0 and "--set takes KEY=VALUE, got 'hierarchy'" in done.stderr
+    done = run_job("benchmark_quality.py", "--models", "statnn", "--set", "epochs=3")
+    assert done.returncode != 0 and "sets epochs itself" in done.stderr
+    assert "Traceback" not in done.stderr and "Ray" not in done.stdout + done.stderr
