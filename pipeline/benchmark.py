@@ -267,7 +267,7 @@ NOT_SETTABLE = (
 
 
 def check_settings(settings: dict, models: list[str]) -> dict:
-    """``settings`` checked against every SNE model's preset (ValueError naming what is wrong); {} for none."""
+    """``settings`` checked against every SNE model's preset; ValueError names what is wrong."""
     if not settings:
         return {}
     fixed = sorted(set(settings) & set(NOT_SETTABLE))

@@ -68,10 +68,10 @@ CHUNK_RECORD_SCHEMA = pa.schema(
     ],
     metadata={"chunk_record_schema_version": str(SCHEMA_VERSION)},
 )
-# How chunk records are written to Parquet: dictionary encoding only where values repeat (names, kinds);
-# tried on weight floats it finds none, falls back and still writes the pages, which made writing 4x
-# slower and the files 1.5x larger (0.28 against 0.07 s per 1,000 demo-size records, 62 against 42 MB per 2,048;
-# BENCHMARKS.md).
+# How chunk records are written to Parquet: dictionary encoding only where values repeat (names, kinds).
+# Tried on the weight floats it finds nothing to share, falls back and still writes the pages: writing
+# took 4x as long and the files grew 1.5x (0.28 against 0.07 s per 1,000 demo-size records, 62 against
+# 42 MB per 2,048; BENCHMARKS.md).
 PARQUET_WRITE_OPTIONS = {"use_dictionary": ["family", "dataset", "run", "layer_name", "layer_kind"]}
 # The columns cut from a network's weights; every other column (its identity, properties, probes) says
 # something a function-preserving permutation of the weights keeps.

@@ -36,8 +36,8 @@ def save_encoder(
     peers=None,
 ) -> str:
     """``training_ids``: {"train": [...], "val": [...]}, the checkpoint ids used in fitting and selection
-    (training always writes them; None writes no file, and prediction then scores every network). ``peers``: the
-    PeerConsensus an encoder reading peer agreement was trained with."""
+    (training always writes them; None writes no file, and prediction then scores every network).
+    ``peers``: the PeerConsensus an encoder reading peer agreement was trained with."""
     from safetensors.numpy import save_file
 
     os.makedirs(directory, exist_ok=True)
@@ -69,7 +69,7 @@ def load_encoder_files(uri: str) -> tuple[dict[str, np.ndarray], dict]:
     meta = json.loads(fs.cat_file(path))
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        made_by = "an earlier" if version is None or version < FORMAT_VERSION else "a later"
+        made_by = "a later" if isinstance(version, int) and version > FORMAT_VERSION else "an earlier"
         raise ValueError(
             f"the encoder under {uri} was exported by {made_by} version of this code (export format "
             f"{version or 'unversioned'}; this code reads {FORMAT_VERSION}): predict with the version "

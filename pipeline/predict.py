@@ -34,8 +34,8 @@ def load_encoder(encoder: str, tracking_uri: str | None = None) -> tuple[torch.n
     """An encoder from an MLflow run id (or ``runs:/<id>/encoder``), a registered model (``models:/NAME/VERSION``,
     ``/latest`` or ``@ALIAS``) or a folder URI of exported files.
 
-    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for an export without them) and "peers"
-    (the PeerConsensus of an encoder that reads peer agreement, else None) too.
+    The meta it returns carries "training_ids" ({id: "train" | "val"}, None for an export without them)
+    and "peers" (the PeerConsensus of an encoder that reads peer agreement, else None) too.
     """
     m = RUN_ID.match(encoder)
     if m or encoder.startswith("models:/"):
