@@ -273,6 +273,10 @@ def _write_records(
             fs.rm(stale_path, recursive=True)
     items = [{"part": json.dumps(p), "part_index": i} for i, p in enumerate(listing.parts)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # This dataset's own settings (the process's stay as they are): Ray Data's default reserves part of
+    # the CPUs for each operator, which on 2 CPUs kept two of the four half-CPU chunking tasks waiting
+    # behind the input operator; without it the 25,000-checkpoint prepare ran in 9.8 s against 12.2 s.
+    ds.context.op_resource_reservation_enabled = False
     ds = ds.map_batches(
         _chunk_part,
         batch_size=1,
