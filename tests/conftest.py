@@ -181,6 +181,13 @@ def _cpus_freed_within(ray, seconds: float) -> bool:
     return _busy_cpus(ray) <= 1e-6
 
 
+def state_api_address(ray) -> str:
+    """The shared instance's own GCS address for Ray's state API. Left to itself, the state API connects to
+    whatever cluster /tmp/ray/ray_current_cluster records, which a `ray start` elsewhere on the machine (or
+    one that ended without `ray stop`) leaves pointing at another, possibly dead, cluster."""
+    return ray.get_runtime_context().gcs_address
+
+
 def release_leftovers(ray, wait_s: float = 120.0) -> list[str]:
     """Wait for the shared Ray instance's CPUs to come free; past ``wait_s``, remove what holds them.
 
@@ -199,7 +206,7 @@ def release_leftovers(ray, wait_s: float = 120.0) -> list[str]:
         if info.get("state") == "CREATED":  # removing a placement group also ends the actors in it
             remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
             removed.append(f"placement group {info.get('name') or pg_id}")
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True):
+    for actor in list_actors(address=state_api_address(ray), filters=[("state", "=", "ALIVE")], detail=True):
         if (actor.required_resources or {}).get("CPU", 0) > 0 and actor.pid:
             os.kill(actor.pid, signal.SIGKILL)  # a worker process of this session's own Ray instance
             removed.append(f"actor {actor.class_name} (pid {actor.pid})")

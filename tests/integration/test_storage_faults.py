@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from conftest import state_api_address
 from faults import OutageProxy
 
 from pipeline import storage
@@ -155,7 +156,7 @@ def test_prepare_job_fails_in_one_line_when_storage_stays_away_and_a_rerun_compl
 def _running_chunk_task_pid(ray) -> int | None:
     from ray.util.state import list_tasks
 
-    for task in list_tasks(filters=[("state", "=", "RUNNING")], detail=True):
+    for task in list_tasks(address=state_api_address(ray), filters=[("state", "=", "RUNNING")], detail=True):
         if "_chunk_part" in task.name and task.worker_pid:
             return task.worker_pid
     return None
