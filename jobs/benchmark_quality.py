@@ -1,4 +1,4 @@
-"""Every model × seed on one protocol's fixed splits of a zoo; a table of test τ / R² / MSE, mean ± std.
+"""Every model × seed on one protocol's fixed splits of a zoo: val τ, test τ, R², MSE, mean ± std.
 
 python jobs/benchmark_quality.py --zoo URI --protocol random|cross-dataset|cross-architecture
     [--models paper,sne,deepsets,statnn,statnn-side,mlp,mean] [--seeds 3] [--epochs N] [--json PATH] [--out PATH.md]
@@ -10,8 +10,9 @@ encodings and hierarchy `--set positional_encoding=false --set hierarchy=false`.
 
 Every model chooses on the validation networks only (SNE and DeepSets their epoch, the feature baselines
 their settings) and reads the test split once per run; a seed changes a model's initialisation and batch
-order, never the split; a training run's steps stay on one side. Each run is an MLflow child run of one
-parent run. mlp reads flattened weights, so it runs on one-architecture zoos only.
+order, never the split; a training run's steps stay on one side. The table's val τ is what each run chose
+by: compare settings (an ablation, a default) on it, and take the test τ of the one chosen. Each run is an
+MLflow child run of one parent run. mlp reads flattened weights, so it runs on one-architecture zoos only.
 """
 
 from __future__ import annotations

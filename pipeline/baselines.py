@@ -292,8 +292,9 @@ MLP_GRID = tuple(
 
 def select_and_predict(
     make, grid, x: np.ndarray, y: np.ndarray, split: np.ndarray, seed: int
-) -> tuple[np.ndarray, dict]:
-    """Predictions for the rows whose ``split`` is "test", and the settings they came from.
+) -> tuple[np.ndarray, dict, float]:
+    """Predictions for the rows whose ``split`` is "test", the settings they came from and those settings'
+    Kendall τ on the "val" rows (what chose them).
 
     ``make(seed, rows, **settings)`` is fitted on the "train" rows for each settings of ``grid``; the one
     with the best Kendall τ on the "val" rows is refitted on train + val (a learner without epochs to select
@@ -315,7 +316,7 @@ def select_and_predict(
             if np.isfinite(tau) and tau > best_tau:
                 best, best_tau = settings, tau
         model = make(seed, int(both.sum()), **best).fit(x[both], y[both])
-    return model.predict(x[test]), best
+    return model.predict(x[test]), best, float(best_tau) if np.isfinite(best_tau) else float("nan")
 
 
 BASELINE_MODELS = ("statnn", "statnn-side", "mlp")
@@ -333,8 +334,9 @@ def check_one_architecture(rows: list[dict]) -> None:
 
 def fit_baseline(
     model: str, rows: dict[str, dict], assignment: dict[str, str], seed: int
-) -> dict[str, float]:
-    """A feature baseline's test predictions ``{id: value}``, settings chosen on the validation networks.
+) -> tuple[dict[str, float], float]:
+    """A feature baseline's test predictions ``{id: value}``, settings chosen on the validation networks,
+    and the validation Kendall τ that chose them (fitted on the training networks alone).
 
     ``rows``: id → {"roles": role_statistics, "probe", "dataset", "target", and "flat" (flat_weights) for
     ``mlp``}, covering every id of ``assignment``. ``statnn``: trees on the role-aligned statistics;
@@ -349,13 +351,13 @@ def fit_baseline(
     if model == "mlp":
         check_one_architecture([rows[i] for i in ids])
         x = np.stack([rows[i]["flat"] for i in ids]).astype(np.float64)
-        pred, _ = select_and_predict(_mlp, MLP_GRID, x, y, split, seed)
+        pred, _, val_tau = select_and_predict(_mlp, MLP_GRID, x, y, split, seed)
     else:
         fitted = [rows[i] for i, s in zip(ids, split, strict=True) if s in ("train", "val")]
         x = FeatureLayout(fitted, side=model == "statnn-side").matrix([rows[i] for i in ids])
-        pred, _ = select_and_predict(_trees, TREE_GRID, x, y, split, seed)
+        pred, _, val_tau = select_and_predict(_trees, TREE_GRID, x, y, split, seed)
     test_ids = [i for i, s in zip(ids, split, strict=True) if s == "test"]
-    return dict(zip(test_ids, pred.tolist(), strict=True))
+    return dict(zip(test_ids, pred.tolist(), strict=True)), val_tau
 
 
 def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:

@@ -15,7 +15,9 @@ their settings on validation and then fit train + validation: ``statnn`` (seven 
 aligned by layer role → gradient-boosted trees; weights only, like ``paper``), ``statnn-side`` (the same
 plus the probe summary and dataset the extended SNE reads) and ``mlp`` (flattened weights; one-architecture
 zoos only). ``mean`` gives each test network its dataset's training mean. A seed changes a model's
-initialisation and batch order, never the split. Every run is an MLflow child run of one parent run.
+initialisation and batch order, never the split. Every run is an MLflow child run of one parent run, and
+reports the validation τ it chose by beside its test τ: settings are compared on the first, and the second
+is read for the one chosen.
 
 ``settings`` change every SNE model's preset alike (an ablation: ``invariance_weight=0``, or
 ``hierarchy=false`` with ``positional_encoding=false``); the summary records them.
@@ -186,20 +188,19 @@ def run_benchmark(
                         config.validate()
                         final = _train(config, parent)
                         pred, run_id = _sne_predictions(final), final["run_id"]
+                        val_tau = final["best_val_kendall_tau"]
                         if set(pred) != set(
                             test
                         ):  # the run must have tested exactly this protocol's networks
                             raise RuntimeError(
                                 f"{model} seed {seed} tested other networks than the {cell.name} split"
                             )
-                    else:
-                        pred = (
-                            fit_baseline(model, feature_rows, assignment, seed)
-                            if model in BASELINE_MODELS
-                            else mean_baseline(index, assignment)
-                        )
+                    elif model in BASELINE_MODELS:
+                        pred, val_tau = fit_baseline(model, feature_rows, assignment, seed)
                         run_id = None
-                    metrics = score(pred, test)
+                    else:  # the mean has nothing to choose, so no validation score
+                        pred, val_tau, run_id = mean_baseline(index, assignment), float("nan"), None
+                    metrics = score(pred, test) | {"val_kendall_tau": float(val_tau)}
                     seconds = round(time.time() - started, 1)
                     if run_id is None:
                         _log_baseline(tracking_uri, base.experiment, parent, model, cell.name, seed, metrics)
@@ -207,8 +208,8 @@ def run_benchmark(
                         {"model": model, "cell": cell.name, "seed": seed, "seconds": seconds, **metrics}
                     )
                     log(
-                        f"{cell.name:<12} {model:<7} seed {seed}: test tau {metrics['kendall_tau']:.3f}  "
-                        f"R2 {metrics['r2']:.3f}  ({seconds:.0f} s)"
+                        f"{cell.name:<12} {model:<7} seed {seed}: val tau {val_tau:.3f}  "
+                        f"test tau {metrics['kendall_tau']:.3f}  R2 {metrics['r2']:.3f}  ({seconds:.0f} s)"
                     )
     except BaseException:
         tracking.end_run(tracking_uri, parent, "FAILED")
@@ -222,11 +223,9 @@ def run_benchmark(
             "settings": settings,
         }
     )
-    tracking.log_metrics(
-        tracking_uri,
-        parent,
-        {f"{m}_test_kendall_tau_mean": s["tau_mean"] for m, s in summary["models"].items()},
-    )
+    means = {f"{m}_test_kendall_tau_mean": s["tau_mean"] for m, s in summary["models"].items()}
+    means |= {f"{m}_val_kendall_tau_mean": s["val_tau_mean"] for m, s in summary["models"].items()}
+    tracking.log_metrics(tracking_uri, parent, {k: v for k, v in means.items() if np.isfinite(v)})
     tracking.end_run(tracking_uri, parent)
     return summary
 
@@ -301,7 +300,13 @@ def _log_baseline(
         {},
         parent,
     )
-    flat = {"test_kendall_tau": metrics["kendall_tau"], "test_r2": metrics["r2"], "test_mse": metrics["mse"]}
+    # Named as SNE runs name theirs, so the MLflow UI compares every model's runs on the same columns.
+    flat = {
+        "test_kendall_tau": metrics["kendall_tau"],
+        "test_r2": metrics["r2"],
+        "test_mse": metrics["mse"],
+        "best_val_kendall_tau": metrics["val_kendall_tau"],
+    }
     flat.update({f"test_kendall_tau/dataset/{d}": v for d, v in metrics["per_dataset"].items()})
     tracking.log_metrics(tracking_uri, run, {k: v for k, v in flat.items() if np.isfinite(v)})
     tracking.end_run(tracking_uri, run)
@@ -315,17 +320,23 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(results: list[dict], protocol: str, zoo: str, models: list[str], cells: list[str]) -> dict:
-    """``{"protocol", "zoo", "cells", "models": {NAME: {"tau_mean", "tau_std", "r2_mean", "r2_std",
-    "mse_mean", "seconds", "per_dataset": {D: {"tau_mean", "tau_std"}}, "per_family": {...},
-    "per_cell": {CELL: {"tau_mean", "tau_std", "per_dataset": {...}}}, "seeds": [one row per run]}}}``."""
+    """``{"protocol", "zoo", "cells", "models": {NAME: {"tau_mean", "tau_std", "val_tau_mean", "val_tau_std",
+    "r2_mean", "r2_std", "mse_mean", "seconds", "per_dataset": {D: {"tau_mean", "tau_std"}}, "per_family":
+    {...}, "per_cell": {CELL: {"tau_mean", "tau_std", "per_dataset": {...}}}, "seeds": [one row per run]}}}``.
+
+    ``val_tau``: the validation τ each run chose by (SNE: its best epoch's; a feature baseline: its chosen
+    settings'; none for the mean). Compare configurations on it; a test τ is read for the chosen one."""
     out: dict = {"protocol": protocol, "zoo": zoo, "cells": cells, "models": {}}
     for model in models:
         runs = [r for r in results if r["model"] == model]
         tau, tau_std = _mean_std([r["kendall_tau"] for r in runs])
         r2, r2_std = _mean_std([r["r2"] for r in runs])
+        val, val_std = _mean_std([r["val_kendall_tau"] for r in runs])
         entry = {
             "tau_mean": tau,
             "tau_std": tau_std,
+            "val_tau_mean": val,
+            "val_tau_std": val_std,
             "r2_mean": r2,
             "r2_std": r2_std,
             "mse_mean": _mean_std([r["mse"] for r in runs])[0],
@@ -372,7 +383,8 @@ def format_markdown(summary: dict, seeds: int) -> str:
     models = summary["models"]
     lines = [
         f"Protocol `{summary['protocol']}` on `{summary['zoo']}`, {seeds} seed(s) per model, split seed "
-        f"{summary.get('split_seed', 0)}; test τ, R² and MSE over the test networks, mean ± std over "
+        f"{summary.get('split_seed', 0)}; val τ (what each run chose by), test τ, R² and MSE over the test "
+        "networks, mean ± std over "
         + ("seeds." if summary["protocol"] == "random" else "every run (each training side × seed).")
         + (
             " SNE models' presets changed by: "
@@ -386,9 +398,9 @@ def format_markdown(summary: dict, seeds: int) -> str:
     per = "dataset" if summary["protocol"] != "cross-architecture" else "family"
     groups = sorted({g for m in models.values() for g in m[f"per_{per}"]})
     lines.append(
-        "| model | test τ | R² | MSE | " + " | ".join(f"τ {per} {g}" for g in groups) + " | seconds |"
+        "| model | val τ | test τ | R² | MSE | " + " | ".join(f"τ {per} {g}" for g in groups) + " | seconds |"
     )
-    lines.append("|---" * (5 + len(groups)) + "|")
+    lines.append("|---" * (6 + len(groups)) + "|")
     for name, m in models.items():
         cells = [
             _pm(m[f"per_{per}"][g]["tau_mean"], m[f"per_{per}"][g]["tau_std"])
@@ -397,7 +409,8 @@ def format_markdown(summary: dict, seeds: int) -> str:
             for g in groups
         ]
         lines.append(
-            f"| {name} | {_pm(m['tau_mean'], m['tau_std'])} | {_pm(m['r2_mean'], m['r2_std'])} | "
+            f"| {name} | {_pm(m['val_tau_mean'], m['val_tau_std'])} | {_pm(m['tau_mean'], m['tau_std'])} | "
+            f"{_pm(m['r2_mean'], m['r2_std'])} | "
             f"{m['mse_mean']:.5f} | " + " | ".join(cells) + f" | {m['seconds']:.0f} |"
         )
     if summary["protocol"] != "random":

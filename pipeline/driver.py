@@ -147,7 +147,7 @@ def run_statnn(
     from pipeline.baselines import fit_baseline
 
     rows = baseline_rows(records_uri, set(assignment), property_name)
-    return fit_baseline("statnn", rows, assignment, seed)
+    return fit_baseline("statnn", rows, assignment, seed)[0]
 
 
 def _new_run_name(config: TrainConfig, fingerprint: str) -> str:

@@ -101,7 +101,7 @@ def _batches(records: list[dict], size: int = 64):
 def statnn(records: dict[str, list[dict]], prop: str, seed: int) -> float:
     rows = {str(r["id"]): baseline_row(r, prop) for v in records.values() for r in v}
     assignment = {str(r["id"]): split for split, v in records.items() for r in v}
-    pred = fit_baseline("statnn", rows, assignment, seed)
+    pred, _ = fit_baseline("statnn", rows, assignment, seed)
     y = np.array([rows[i]["target"] for i in pred])
     return round(regression_metrics(np.array(list(pred.values())), y)["kendall_tau"], 4)
 

@@ -34,6 +34,7 @@ def test_random_protocol_runs_each_model_and_seed_on_the_same_split(tiny_zoo, tm
         assert [r["seed"] for r in model["seeds"]] == [0, 1]
     for name in ("paper", "deepsets", "statnn", "statnn-side"):
         assert math.isfinite(summary["models"][name]["tau_mean"]), name
+        assert math.isfinite(summary["models"][name]["val_tau_mean"]), name  # what each run chose by
     # Two seeds of the same model train two different encoders on the same networks.
     paper = summary["models"]["paper"]["seeds"]
     assert paper[0]["kendall_tau"] != paper[1]["kendall_tau"] or paper[0]["mse"] != paper[1]["mse"]
@@ -46,6 +47,8 @@ def test_random_protocol_runs_each_model_and_seed_on_the_same_split(tiny_zoo, tm
         [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'"
     )
     assert len(children) == 10 and all("test_kendall_tau" in c.data.metrics for c in children)
+    chose = [c for c in children if not c.data.params.get("model", "").startswith("mean")]
+    assert all("best_val_kendall_tau" in c.data.metrics for c in chose)
     assert "| paper |" in format_markdown(summary, 2)
 
 

@@ -189,25 +189,32 @@ def _scaled_zoo(count: int, mixed: bool = False) -> tuple[dict[str, dict], dict[
 @pytest.mark.parametrize("model", BASELINE_MODELS)
 def test_each_feature_baseline_learns_on_train_chooses_on_val_and_never_reads_test_targets(model):
     rows, assignment = _scaled_zoo(100)
-    pred = fit_baseline(model, rows, assignment, seed=0)
+    pred, val_tau = fit_baseline(model, rows, assignment, seed=0)
     test = sorted(i for i, s in assignment.items() if s == "test")
     assert sorted(pred) == test
     tau = regression_metrics(np.array([pred[i] for i in test]), np.array([rows[i]["target"] for i in test]))
-    assert tau["kendall_tau"] > 0.6, tau
+    assert tau["kendall_tau"] > 0.6 and val_tau > 0.6, (tau, val_tau)
     hidden = {i: {**r, "target": 0.0} if assignment[i] == "test" else r for i, r in rows.items()}
-    assert fit_baseline(model, hidden, assignment, seed=0) == pred
+    assert fit_baseline(model, hidden, assignment, seed=0) == (pred, val_tau)
+    # The validation score is what chose the settings: it reads the validation targets, not the test's.
+    # With the validation targets' order reversed, every setting's validation τ changes sign.
+    val_ids = sorted((i for i, s in assignment.items() if s == "val"), key=lambda i: rows[i]["target"])
+    reversed_val = dict(rows)
+    for i, j in zip(val_ids, val_ids[::-1], strict=True):
+        reversed_val[i] = {**rows[i], "target": rows[j]["target"]}
+    assert fit_baseline(model, reversed_val, assignment, seed=0)[1] < 0
 
 
 def test_statnn_reads_mixed_families_and_mlp_refuses_them():
     rows, assignment = _scaled_zoo(60, mixed=True)
-    assert len(fit_baseline("statnn", rows, assignment, seed=0)) == 24
+    assert len(fit_baseline("statnn", rows, assignment, seed=0)[0]) == 24
     # Cross-architecture: the conv roles only the test networks have are not read; the shared head is.
     cnn_test = {
         i: "test" if rows[i]["architecture"] != rows["n000"]["architecture"] else s
         for i, s in assignment.items()
     }
     for model in ("statnn", "statnn-side"):
-        assert len(fit_baseline(model, rows, cnn_test, seed=0)) == 24 + 18
+        assert len(fit_baseline(model, rows, cnn_test, seed=0)[0]) == 24 + 18
     with pytest.raises(ValueError, match="one architecture"):
         fit_baseline("mlp", rows, assignment, seed=0)
 
@@ -224,7 +231,7 @@ def test_statnn_side_reads_the_probe_and_dataset_that_plain_statnn_does_not():
     y = np.array([rows[i]["target"] for i in test])
 
     def tau(model):
-        pred = fit_baseline(model, rows, assignment, seed=0)
+        pred, _ = fit_baseline(model, rows, assignment, seed=0)
         return regression_metrics(np.array([pred[i] for i in test]), y)["kendall_tau"]
 
     assert tau("statnn-side") > tau("statnn") + 0.3

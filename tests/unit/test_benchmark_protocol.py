@@ -48,13 +48,14 @@ def test_the_mean_baseline_predicts_each_datasets_training_mean():
     assert pred["c1"] == pytest.approx((0.2 + 0.4 + 0.9) / 3)  # no training network of c: the overall mean
 
 
-def _run(model, seed, tau, cell="random"):
+def _run(model, seed, tau, cell="random", val=None):
     return {
         "model": model,
         "cell": cell,
         "seed": seed,
         "seconds": 1.0,
         "kendall_tau": tau,
+        "val_kendall_tau": tau + 0.1 if val is None else val,
         "r2": tau / 2,
         "mse": 0.01,
         "per_dataset": {"a": tau, "b": float("nan")},
@@ -68,7 +69,7 @@ def test_the_summary_gives_mean_and_std_over_seeds_with_the_documented_keys():
     assert scored["kendall_tau"] == pytest.approx(1.0) and set(scored["per_dataset"]) == {"a", "b"}
 
     summary = summarize(
-        [_run("paper", 0, 0.5), _run("paper", 1, 0.7), _run("mean", 0, 0.1)],
+        [_run("paper", 0, 0.5), _run("paper", 1, 0.7), _run("mean", 0, 0.1, val=float("nan"))],
         "random",
         "z",
         ["paper", "mean"],
@@ -76,12 +77,18 @@ def test_the_summary_gives_mean_and_std_over_seeds_with_the_documented_keys():
     )
     assert {"protocol", "zoo", "models"} <= set(summary)
     paper = summary["models"]["paper"]
-    assert {"tau_mean", "tau_std", "r2_mean", "per_dataset", "seeds"} <= set(paper)
+    keys = {"tau_mean", "tau_std", "val_tau_mean", "val_tau_std", "r2_mean", "per_dataset", "seeds"}
+    assert keys <= set(paper)
     assert paper["tau_mean"] == pytest.approx(0.6) and paper["tau_std"] == pytest.approx(math.sqrt(0.02))
+    # The validation τ each run chose by, beside the test τ: what configurations are compared on.
+    assert paper["val_tau_mean"] == pytest.approx(0.7)
+    assert paper["val_tau_std"] == pytest.approx(math.sqrt(0.02))
+    assert math.isnan(summary["models"]["mean"]["val_tau_mean"])  # the mean chooses nothing
     assert len(paper["seeds"]) == 2 and paper["per_dataset"]["a"]["tau_mean"] == pytest.approx(0.6)
     assert math.isnan(paper["per_dataset"]["b"]["tau_mean"])  # undefined for every seed: shown as "–"
     table = format_markdown(summary, 2)
-    assert "| paper | 0.600 ± 0.141 |" in table and "| mean | 0.100 ± 0.000 |" in table
+    assert "| model | val τ | test τ |" in table
+    assert "| paper | 0.700 ± 0.141 | 0.600 ± 0.141 |" in table and "| mean | – | 0.100 ± 0.000 |" in table
 
 
 def test_a_cross_protocol_prints_the_train_test_matrix():
