@@ -36,7 +36,7 @@ import numpy as np
 from pipeline import storage, tracking
 from pipeline.baselines import BASELINE_MODELS, check_one_architecture, fit_baseline
 from pipeline.config import PRESETS, TrainConfig, from_dict
-from pipeline.data import read_record_index
+from pipeline.data import quiet_data_progress, read_record_index
 from pipeline.driver import baseline_rows, prepare_records, run_training, split_records
 from pipeline.evaluation import regression_metrics
 
@@ -142,6 +142,7 @@ def run_benchmark(
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     tracking_uri = tracking.resolve_tracking_uri(base.tracking_uri)
     prepared = prepare_records(dataclasses.replace(base, zoo=zoo), probe=reads_probes(models))
+    quiet_data_progress()  # prepare's bars are worth seeing; the index and baseline reads' are not
     table = read_record_index(prepared.output, ("id", "family", "dataset", "run", base.property))
     rows = table.to_pylist()
     index = {
@@ -207,8 +208,9 @@ def run_benchmark(
                     results.append(
                         {"model": model, "cell": cell.name, "seed": seed, "seconds": seconds, **metrics}
                     )
+                    chose_by = f"{val_tau:.3f}" if np.isfinite(val_tau) else "–"
                     log(
-                        f"{cell.name:<12} {model:<7} seed {seed}: val tau {val_tau:.3f}  "
+                        f"{cell.name:<12} {model:<7} seed {seed}: val tau {chose_by}  "
                         f"test tau {metrics['kendall_tau']:.3f}  R2 {metrics['r2']:.3f}  ({seconds:.0f} s)"
                     )
     except BaseException:
