@@ -25,16 +25,6 @@ from pipeline.benchmark import MODELS, PROTOCOLS, check_models, check_settings, 
 from pipeline.runtime import add_ray_arguments, start_ray, user_errors
 
 
-def parse_settings(pairs: list[str]) -> dict[str, str]:
-    settings = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
-        settings[key.strip().replace("-", "_")] = value.strip()
-    return settings
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = cfg.TrainConfig()
@@ -69,7 +59,7 @@ def main() -> None:
 
     with user_errors():
         models = [m for m in args.models.split(",") if m]
-        settings = check_settings(parse_settings(args.set), check_models(models))  # before Ray starts
+        settings = check_settings(cfg.parse_settings(args.set), check_models(models))  # before Ray starts
         base = cfg.from_dict(
             {
                 "zoo": args.zoo,

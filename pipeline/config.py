@@ -321,6 +321,18 @@ def _coerce(name: str, hint, value):
     return value
 
 
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` (a script's repeated ``--set``) → ``{key: value}``; dashes in keys become
+    underscores. Values stay strings: ``from_dict`` checks and converts them against the fields."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        settings[key.strip().replace("-", "_")] = value.strip()
+    return settings
+
+
 def from_dict(overrides: dict, base: TrainConfig | None = None) -> TrainConfig:
     """A config from ``base`` (default: the demo preset) with checked overrides."""
     base = base or demo()

@@ -65,7 +65,10 @@ _WRITING_HERE: set[str] = set()
 REJECTED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string())])
 # Chunk records leave a task in slices of this many rows so one huge part never sits in memory whole.
 ROWS_PER_BLOCK = 64
-PROBE_TASK_CPUS = 1.0  # prepare's probe stage: each task runs networks (torch, one thread)
+# Prepare's stages: a whole CPU per task. Half a CPU ran twice the tasks on the cores and cost 1.7x the
+# worker CPU time for the same records (25,000 checkpoints: 18.3 against 10.9 CPU-s, BENCHMARKS.md).
+CHUNK_TASK_CPUS = 1.0  # reading, decoding, pad-chunking (and writing, without probes) a zoo part
+PROBE_TASK_CPUS = 1.0  # running the networks on the probes (torch, one thread)
 READ_TASK_CPUS = 0.25  # reading chunk records for training (load_chunk_dataset says why so little)
 
 
@@ -274,16 +277,15 @@ def _write_records(
     items = [{"part": json.dumps(p), "part_index": i} for i, p in enumerate(listing.parts)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # This dataset's own settings (the process's stay as they are): Ray Data's default reserves part of
-    # the CPUs for each operator, which on 2 CPUs kept two of the four half-CPU chunking tasks waiting
-    # behind the input operator; without it the 25,000-checkpoint prepare ran in 9.8 s against 12.2 s.
+    # the CPUs for each operator, which on 2 CPUs kept chunking tasks waiting behind the input operator;
+    # without it the 25,000-checkpoint prepare ran in 9.8 s against 12.2 s.
     ds.context.op_resource_reservation_enabled = False
     ds = ds.map_batches(
         _chunk_part,
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"chunk_size": chunk_size, "records_uri": out, "write_records": not probe},
-        # Reading + chunking is light; a fraction of a CPU lets Train workers run beside it.
-        num_cpus=0.5,
+        num_cpus=CHUNK_TASK_CPUS,
         compute=TaskPoolStrategy(size=parts_in_flight) if parts_in_flight else None,
     )
     if probe:

@@ -4,8 +4,9 @@ For each zoo, two limits measured in one process: the raw read of the same bytes
 zoo, fetched whole: the I/O limit) and the decode (every checkpoint read and decoded into arrays by the
 zoo's reader: the work no pipeline can skip, without chunking or writing). Then prepare into a fresh
 output; prints checkpoints/s, MB/s, the ratios raw / prepare and decode / prepare, and the peak
-resident memory of the driver plus all Ray worker processes (sampled every 0.2 s). --no-probe prepares
-without running the networks on the probes.
+resident memory of the driver plus all Ray worker processes (sampled every 0.2 s) and the CPU time
+the driver, Ray's workers and Ray's own services spent during prepare, beside what stayed idle.
+--no-probe prepares without running the networks on the probes.
 
     python research/benchmark_prepare.py --zoo URI [--zoo URI ...] [--chunk-size 16] [--stage-to s3://...]
                                      [--no-probe] [--json PATH]
@@ -67,7 +68,8 @@ def main() -> None:
     p.add_argument("--num-cpus", type=int)
     p.add_argument("--json")
     args = p.parse_args()
-    start_ray(args.num_cpus)
+    ray = start_ray(args.num_cpus)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
     rows = []
     for zoo in args.zoo:
         if args.stage_to:
@@ -100,6 +102,10 @@ def main() -> None:
             "peak_rss_mb": round(mem.peak / 1e6),
             "baseline_rss_mb": round(mem.base / 1e6),
             "peak_above_baseline_mb": round((mem.peak - mem.base) / 1e6),
+            # Where the CPUs went during prepare: against cpus × prepare_s, what no process used.
+            "cpu_s": mem.cpu_seconds,
+            "cpus": cpus,
+            "cpu_idle_s": round(cpus * prep_s - sum(mem.cpu_seconds.values()), 2),
         }
         rows.append(row)
         print(json.dumps(row))

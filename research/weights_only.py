@@ -25,7 +25,7 @@ import torch
 
 from pipeline.baselines import baseline_row, fit_baseline
 from pipeline.chunking import chunk_checkpoint
-from pipeline.config import PRESETS, from_dict
+from pipeline.config import PRESETS, from_dict, parse_settings
 from pipeline.evaluation import regression_metrics
 from pipeline.splits import assign_splits
 from pipeline.train import TargetScaler, build_encoder, predict_records, train_in_process
@@ -128,7 +128,7 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = parse_settings(args.set)
     if args.epochs:
         overrides["epochs"] = args.epochs
     config = from_dict(overrides, PRESETS[args.preset]())

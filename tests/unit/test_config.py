@@ -47,6 +47,15 @@ def test_bad_overrides_are_rejected_with_the_field_named(overrides, message):
     assert message in str(e.value)
 
 
+def test_set_pairs_from_a_command_line_become_overrides():
+    settings = cfg.parse_settings(["invariance-weight=0", " hidden = 8", "train_datasets=a,b=c"])
+    assert settings == {"invariance_weight": "0", "hidden": "8", "train_datasets": "a,b=c"}
+    assert cfg.from_dict(settings).invariance_weight == 0.0
+    for bad in ("hidden", "=8"):
+        with pytest.raises(ValueError, match="--set takes KEY=VALUE"):
+            cfg.parse_settings([bad])
+
+
 def test_presets_are_fresh_objects():
     a, b = cfg.demo(), cfg.demo()
     a.epochs = 1
