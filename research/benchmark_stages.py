@@ -16,9 +16,9 @@ pages shared between processes, Ray's object store among them, count once per pr
 overstates the footprint; --pss adds the proportional set size, which splits each shared page among
 the processes that map it), its rise over the RSS at the stage's start, and the CPU time the driver,
 Ray's workers and Ray's services spent in it. --set changes the preset's settings (a narrower encoder
-for a zoo of 10^5 networks). Compare rows of zoos of
-different sizes (``jobs/make_zoo.py --preset replicate`` writes them): a stage whose peak follows the
-zoo holds it. --json writes the rows as a list.
+for a zoo of 10^5 networks). Compare rows of zoos of different sizes (``jobs/make_zoo.py --preset
+replicate`` writes them), each in its own process: a stage whose peak follows the zoo holds it. --json
+writes the rows as a list.
 """
 
 from __future__ import annotations
