@@ -37,31 +37,30 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.2, pss: bool = False):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self.pss, self.peak_pss, self._pss_now = pss, 0, 0
+        self.pss, self.peak_pss = pss, 0
         self._cpu_start: dict[int, float] = {}
-        self._cpu_last: dict[int, tuple[str, float]] = {}
+        self._cpu_last: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last sample)
 
-    def _sample(self) -> int:
+    def _sample(self, first: bool = False) -> tuple[int, int]:
+        """(summed RSS, summed PSS or 0) now; records each process's CPU time on the way."""
         me = psutil.Process()
-        total = pss = 0
+        rss = pss = 0
         for p in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
-                total += p.memory_info().rss
+                rss += p.memory_info().rss
                 if self.pss:
                     pss += p.memory_full_info().pss
                 times = p.cpu_times()
                 cpu = times.user + times.system
                 if p.pid not in self._cpu_last:
                     # Seen first now: a process alive at the start counts from there, a new one from 0.
-                    self._cpu_start[p.pid] = cpu if not self._started else 0.0
-                self._cpu_last[p.pid] = (_role(p, me), cpu)
-        self._pss_now = pss
-        return total
+                    self._cpu_start[p.pid] = cpu if first else 0.0
+                    self._cpu_last[p.pid] = (_role(p, me), cpu)
+                self._cpu_last[p.pid] = (self._cpu_last[p.pid][0], cpu)
+        return rss, pss
 
     def __enter__(self):
-        self._started = False
-        self.base = self._sample()
-        self._started = True
+        self.base, _ = self._sample(first=True)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self
@@ -72,8 +71,8 @@ class PeakMemory:
             time.sleep(self.interval)
 
     def _record(self):
-        self.peak = max(self.peak, self._sample())
-        self.peak_pss = max(self.peak_pss, self._pss_now)
+        rss, pss = self._sample()
+        self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
     def __exit__(self, *exc):
         self._stop.set()
