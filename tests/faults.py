@@ -4,7 +4,8 @@
 it resets every open connection and, until it is restored, every new one as soon as it is made: what a
 client sees when an object store goes away behind its address. It counts the connections it turned away,
 so a test knows the job really met the outage. The S3 server behind it keeps its objects, as a real
-store does through an outage.
+store does through an outage. Given ``latency_s`` it holds every piece of data it relays for that long, as a
+distant store does: a test that must catch a job mid-way gets a wide window however fast the job's work is.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 
 
 class OutageProxy:
     """A TCP relay ``127.0.0.1:port`` → ``target`` that can be cut and restored."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, latency_s: float = 0.0) -> None:
         self.target = ("127.0.0.1", target_port)
+        self.latency_s = latency_s
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._down = False
@@ -60,6 +63,8 @@ class OutageProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                if self.latency_s:
+                    time.sleep(self.latency_s)
                 dst.sendall(data)
         except OSError:
             pass

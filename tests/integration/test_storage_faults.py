@@ -162,10 +162,13 @@ def _running_chunk_task_pid(ray) -> int | None:
     return None
 
 
-def test_prepare_survives_a_killed_worker(ray_instance, s3_bucket, zoo):
+def test_prepare_survives_a_killed_worker(ray_instance, s3_server, s3_bucket, zoo):
     zoo_uri, ids = zoo
     out = f"{s3_bucket}/records"
-    job = _start_prepare(ray_instance, zoo_uri, out)
+    # Storage answers slowly, so each part's task runs for a second or more: long enough for the state
+    # API (which reports task states with a delay) to show one running before the whole job is done.
+    slow = OutageProxy(int(s3_server.rsplit(":", 1)[1]), latency_s=0.02)
+    job = _start_prepare(ray_instance, zoo_uri, out, env={"AWS_ENDPOINT_URL": slow.endpoint})
     _wait_for(lambda: _files(f"{out}/rejected") >= 3, "three parts prepared", job)
     pids: list[int] = []
     _wait_for(
@@ -173,6 +176,7 @@ def test_prepare_survives_a_killed_worker(ray_instance, s3_bucket, zoo):
     )
     os.kill(pids[-1], signal.SIGKILL)  # a worker process of this session's own Ray instance
     summary = ray_instance.get(job, timeout=600)
+    slow.close()
 
     assert _files(f"{out}/rejected") == PARTS
     assert summary.records == len(ids)
