@@ -517,22 +517,38 @@ def load_chunk_dataset(records_uri: str, columns: list[str] | None = None, shuff
         context.use_datasource_v2 = newer_reader
 
 
-def iter_record_index(
-    records_uri: str, columns: tuple[str, ...], batch_rows: int = 1024
-) -> Iterator[pa.Table]:
-    """Per-checkpoint columns of every chunk record, read on the driver in tables of at most ``batch_rows``
-    rows, in file order: a pass whose memory follows the batch, not the zoo."""
+def record_files(records_uri: str) -> list[str]:
+    """The chunk-record files of an output, in file order (paths on its filesystem)."""
     fs, path = storage.filesystem(storage.join(records_uri, "records"))
     files = sorted(f for f in fs.ls(path, detail=False) if f.endswith(".parquet"))
     if not files:
         raise FileNotFoundError(f"no chunk records under {records_uri}")
+    return files
+
+
+def iter_record_files(
+    records_uri: str, files: list[str], columns: tuple[str, ...] | None = None, batch_rows: int = 1024
+) -> Iterator[pa.Table]:
+    """The records of ``files`` (of ``record_files``), ``columns`` of them (None: all), in tables of at most
+    ``batch_rows`` rows, in file order: a pass whose memory follows the batch, not the zoo."""
+    fs, _ = storage.filesystem(storage.join(records_uri, "records"))
     for f in files:
         with fs.open(f, "rb") as fh:
             parquet = pq.ParquetFile(fh)
             if parquet.metadata.num_rows == 0:  # keeps the columns' types where a file holds no record
-                yield parquet.schema_arrow.empty_table().select(list(columns))
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                empty = parquet.schema_arrow.empty_table()
+                yield empty if columns is None else empty.select(list(columns))
+            names = None if columns is None else list(columns)
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=names):
                 yield pa.Table.from_batches([batch])
+
+
+def iter_record_index(
+    records_uri: str, columns: tuple[str, ...], batch_rows: int = 1024
+) -> Iterator[pa.Table]:
+    """Per-checkpoint columns of every chunk record, read on the caller in tables of at most ``batch_rows``
+    rows, in file order."""
+    return iter_record_files(records_uri, record_files(records_uri), columns, batch_rows)
 
 
 def read_record_index(records_uri: str, columns: tuple[str, ...] = ("id", "family", "dataset")) -> pa.Table:

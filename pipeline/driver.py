@@ -10,6 +10,7 @@ statnn_baseline → export_results (storage, then MLflow). Returns a plain dict 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -24,12 +25,14 @@ import pyarrow.compute as pc
 from pipeline import storage, tracking
 from pipeline.config import TrainConfig, from_dict, to_dict
 from pipeline.data import (
+    iter_record_files,
     iter_record_index,
     load_chunk_dataset,
     prepare_chunk_records,
     pyarrow_filesystem,
     quiet_data_progress,
     read_record_index,
+    record_files,
 )
 from pipeline.evaluation import format_table, regression_metrics, scatter_plot, subset_metrics
 from pipeline.probes import PeerConsensus, probabilities_of
@@ -419,15 +422,72 @@ def train_encoder(
     return result
 
 
-def evaluate(config: TrainConfig, encoder, datasets: dict, fitted: Fitted, result) -> tuple[dict, dict, list]:
-    """(test predictions, final metrics, per-subset rows) of the best-validation encoder on the test split,
-    scored once, with the same scores on its own training networks (streamed in batches, on the driver)."""
+# A scoring task's claim: as small as a read task's, so a sweep's trials never wait on it.
+SCORE_TASK_CPUS = 0.25
+SCORED_COLUMNS = ("id", "family", "dataset", "prediction", "target")
+
+
+def _score_files(records_uri: str, files: list[str], ids: pa.Array, peers, encoder, config, scaler) -> dict:
+    """``predict_records`` of the records of ``ids`` in ``files``, read with pyarrow in this process."""
     from pipeline.train import predict_records
 
+    def batches():
+        for table in iter_record_files(records_uri, files):
+            table = _select_and_attach_peers(table, ids, peers)
+            for start in range(0, len(table), 64):
+                part = table.slice(start, 64)
+                yield {k: part.column(k).to_numpy(zero_copy_only=False) for k in part.column_names}
+
+    return predict_records(encoder, batches(), config, scaler)
+
+
+def score_records(
+    encoder,
+    records_uri: str,
+    ids: list[str],
+    config: TrainConfig,
+    scaler,
+    peers: PeerConsensus | None = None,
+    tasks: int | None = None,
+) -> dict[str, list]:
+    """``predict_records`` of the chunk records of ``ids``, in file order, scored in parallel Ray tasks of a
+    few record files each, at most ``tasks`` at once (default: one per CPU of the cluster); the caller
+    gathers five numbers per network. Each task reads its files with pyarrow: through Ray Data the same
+    pass cost 4-5x the CPU of reading the files directly (BENCHMARKS.md), and scoring on the driver used
+    one process however large the cluster."""
+    import ray
+
+    tasks = tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    files = record_files(records_uri)
+    per_task = max(
+        1, math.ceil(len(files) / (4 * tasks))
+    )  # several tasks per slot, so none waits on one straggler
+    groups = [files[i : i + per_task] for i in range(0, len(files), per_task)]
+    score = ray.remote(num_cpus=SCORE_TASK_CPUS, max_retries=3)(_score_files)
+    shared = [ray.put(v) for v in (pa.array(sorted(ids), pa.string()), peers, encoder, config, scaler)]
+    pending, done = {}, {}
+    for k, group in enumerate(groups):
+        if len(pending) >= tasks:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            done[pending.pop(ready[0])] = ray.get(ready[0])
+        pending[score.remote(records_uri, group, *shared)] = k
+    for ref, k in pending.items():
+        done[k] = ray.get(ref)
+    return {c: [v for k in range(len(groups)) for v in done[k][c]] for c in SCORED_COLUMNS}
+
+
+def evaluate(
+    config: TrainConfig, encoder, records_uri: str, assignment: dict[str, str], fitted: Fitted, result
+) -> tuple[dict, dict, list]:
+    """(test predictions, final metrics, per-subset rows) of the best-validation encoder on the test split,
+    scored once, with the same scores on its own training networks (in parallel Ray tasks, score_records)."""
     returned = result.return_value
-    test = predict_records(
-        encoder, datasets["test"].iter_batches(batch_size=64, batch_format="numpy"), config, fitted.scaler
-    )
+
+    def score(split: str) -> dict[str, list]:
+        ids = [i for i, s in assignment.items() if s == split]
+        return score_records(encoder, records_uri, ids, config, fitted.scaler, peers=fitted.peers)
+
+    test = score("test")
     pred, true = np.array(test["prediction"]), np.array(test["target"])
     overall = regression_metrics(pred, true)
     rows = subset_metrics(pred, true, test["family"], test["dataset"])
@@ -451,9 +511,7 @@ def evaluate(config: TrainConfig, encoder, datasets: dict, fitted: Fitted, resul
     # The same encoder scored on the networks it was fitted on: beside the test scores this tells
     # underfitting (both poor: more capacity or steps may help) from overfitting (train far ahead: more
     # networks or regularisation may). On the inr zoo SNE stays far from fitting its own networks (docs/results.md).
-    fitted_networks = predict_records(
-        encoder, datasets["train"].iter_batches(batch_size=64, batch_format="numpy"), config, fitted.scaler
-    )
+    fitted_networks = score("train")
     fit = regression_metrics(np.array(fitted_networks["prediction"]), np.array(fitted_networks["target"]))
     final.update({f"train_{k}": fit[k] for k in ("kendall_tau", "r2", "mse")})
     return test, final, rows
@@ -599,7 +657,7 @@ def run_training(
 
     encoder = build_encoder(config, fitted.datasets)
     encoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in encoder_state.items()})
-    test, final, rows = evaluate(config, encoder, datasets, fitted, result)
+    test, final, rows = evaluate(config, encoder, prepared.output, assignment, fitted, result)
     statnn_pred = statnn_baseline(config, prepared.output, assignment, test, final)
 
     checkpoint_uri = None

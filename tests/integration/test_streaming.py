@@ -1,23 +1,25 @@
 """Training streams its splits from the chunk records: nothing is held whole, each epoch sees every training
-network once in a fresh order that a seed reproduces, and what is fitted on the training networks comes
-from one streaming pass equal to a full read."""
+network once in a fresh order that a seed reproduces, what is fitted on the training networks comes
+from one streaming pass equal to a full read, and scoring runs in parallel tasks with the driver's result."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.config import debug, from_dict
-from pipeline.data import read_record_index
+from pipeline.data import read_record_index, record_files
 from pipeline.driver import (
     _probabilities,
     fit_peer_consensus,
     prepare_records,
+    score_records,
     split_datasets,
     split_records,
 )
 from pipeline.probes import PEER_FEATURES, PeerConsensus, probabilities_of
-from pipeline.train import shard_epoch
+from pipeline.train import TargetScaler, build_encoder, predict_records, shard_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +79,25 @@ def test_statistics_from_the_streaming_pass_equal_those_from_a_full_read(tiny_zo
             assert r["peer"] is None
         else:
             np.testing.assert_allclose(r["peer"], expected, rtol=1e-6)
+
+
+def test_scoring_in_parallel_tasks_gives_what_one_process_gives_in_the_same_order(tiny_zoo):
+    config, records, assignment = _records_and_split(tiny_zoo)
+    torch.manual_seed(0)
+    encoder, scaler = build_encoder(config), TargetScaler(0.6, 0.2)
+    peers = fit_peer_consensus(records, [i for i, s in assignment.items() if s == "train"])
+    test = split_datasets(records, assignment, peers=peers)["test"]
+
+    test_ids = [i for i, s in assignment.items() if s == "test"]
+    parallel = score_records(encoder, records, test_ids, config, scaler, peers=peers, tasks=2)
+    # What the driver scored before: the test split as Ray Data streams it, in one process.
+    in_process = predict_records(
+        encoder, test.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
+    )
+
+    assert len(parallel["id"]) == len(test_ids) > 10
+    assert len(record_files(records)) > 2  # several tasks, whose results come back in file order
+    for column in ("id", "family", "dataset", "target"):
+        assert parallel[column] == in_process[column]
+    np.testing.assert_allclose(parallel["prediction"], in_process["prediction"], rtol=1e-5, atol=1e-6)
+    assert np.std(parallel["prediction"]) > 0  # networks told apart, not one constant
