@@ -459,9 +459,8 @@ def score_records(
 
     tasks = tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
     files = record_files(records_uri)
-    per_task = max(
-        1, math.ceil(len(files) / (4 * tasks))
-    )  # several tasks per slot, so none waits on one straggler
+    # About four groups per task slot, so a slow group does not leave the other slots idle at the end.
+    per_task = max(1, math.ceil(len(files) / (4 * tasks)))
     groups = [files[i : i + per_task] for i in range(0, len(files), per_task)]
     score = ray.remote(num_cpus=SCORE_TASK_CPUS, max_retries=3)(_score_files)
     shared = [ray.put(v) for v in (pa.array(sorted(ids), pa.string()), peers, encoder, config, scaler)]
