@@ -456,13 +456,17 @@ def score_records(
     pass cost 4-5x the CPU of reading the files directly (BENCHMARKS.md), and scoring on the driver used
     one process however large the cluster."""
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     tasks = tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
     files = record_files(records_uri)
     # About four groups per task slot, so a slow group does not leave the other slots idle at the end.
     per_task = max(1, math.ceil(len(files) / (4 * tasks)))
     groups = [files[i : i + per_task] for i in range(0, len(files), per_task)]
-    score = ray.remote(num_cpus=SCORE_TASK_CPUS, max_retries=3)(_score_files)
+    # Outside any placement group: a Tune trial's tasks otherwise join its group, whose CPUs the trial
+    # itself holds, and would wait for ever.
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    score = ray.remote(num_cpus=SCORE_TASK_CPUS, max_retries=3, scheduling_strategy=outside)(_score_files)
     shared = [ray.put(v) for v in (pa.array(sorted(ids), pa.string()), peers, encoder, config, scaler)]
     pending, done = {}, {}
     for k, group in enumerate(groups):
