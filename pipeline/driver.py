@@ -2,8 +2,8 @@
 named stages, each a function of this module.
 
 prepare_records (cached chunk records) → split_records → fit_on_training_networks (target scaler,
-training datasets, peer consensus) → start_run (MLflow, resumed by run name) → split_datasets (streamed per
-epoch) → train_encoder (Ray Train) → evaluate (test split once, and the training networks) →
+training datasets, peer consensus) → start_run (MLflow, resumed by run name) → train_encoder (Ray Train,
+the training split streamed per epoch) → evaluate (test split once, and the training networks) →
 statnn_baseline → export_results (storage, then MLflow). Returns a plain dict of final metrics and URIs.
 """
 
@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 from pipeline import storage, tracking
 from pipeline.config import TrainConfig, from_dict, to_dict
 from pipeline.data import (
-    iter_record_files,
     iter_record_index,
     load_chunk_dataset,
     prepare_chunk_records,
@@ -36,30 +35,8 @@ from pipeline.data import (
 )
 from pipeline.evaluation import format_table, regression_metrics, scatter_plot, subset_metrics
 from pipeline.probes import PeerConsensus, probabilities_of
+from pipeline.split_reads import probe_rows, select_and_attach_peers, select_ids, split_batches
 from pipeline.splits import assign_splits, split_fingerprint
-
-
-def _select_ids(table: pa.Table, ids: pa.Array) -> pa.Table:
-    return table.filter(pc.is_in(table["id"], value_set=ids))
-
-
-def _probabilities(table: pa.Table) -> list[dict]:
-    """Per row {id, dataset, probe_probabilities (a flat float16 array or None)}, sliced from the Arrow
-    buffers: a Python float per probability would cost seconds per thousand networks."""
-    column = table.column("probe_probabilities").combine_chunks()
-    values = column.values.to_numpy(zero_copy_only=False)
-    offsets = column.offsets.to_numpy()
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    return [
-        {
-            "id": i,
-            "dataset": d,
-            "probe_probabilities": values[offsets[k] : offsets[k + 1]] if valid[k] else None,
-        }
-        for k, (i, d) in enumerate(
-            zip(table.column("id").to_pylist(), table.column("dataset").to_pylist(), strict=True)
-        )
-    ]
 
 
 def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
@@ -68,25 +45,11 @@ def fit_peer_consensus(records_uri: str, train_ids: list[str]) -> PeerConsensus:
     wanted = pa.array(sorted(train_ids), pa.string())
     consensus = PeerConsensus()
     for table in iter_record_index(records_uri, ("id", "dataset", "probe_probabilities")):
-        rows = _probabilities(_select_ids(table, wanted))
+        rows = probe_rows(select_ids(table, wanted))
         consensus.add(
             [r["id"] for r in rows], [r["dataset"] for r in rows], [probabilities_of(r) for r in rows]
         )
     return consensus
-
-
-def _select_and_attach_peers(table: pa.Table, ids: pa.Array, peers: PeerConsensus | None) -> pa.Table:
-    """The records of ``ids``, their probe probabilities replaced by a "peer" column of their agreement
-    with ``peers`` (null without one): training reads the 6 numbers, not the 5,120."""
-    table = _select_ids(table, ids)
-    features = (
-        [peers.record_features(r) for r in _probabilities(table)]
-        if peers is not None
-        else [None] * len(table)
-    )
-    return table.drop_columns(["probe_probabilities"]).append_column(
-        "peer", pa.array(features, pa.list_(pa.float32()))
-    )
 
 
 def split_datasets(
@@ -104,7 +67,7 @@ def split_datasets(
         ids = pa.array(sorted(i for i, s in assignment.items() if s == split), pa.string())
         seed = shuffle_seed if split == "train" else None
         ds = load_chunk_dataset(records_uri, shuffle_seed=seed).map_batches(
-            _select_and_attach_peers,
+            select_and_attach_peers,
             batch_format="pyarrow",
             fn_kwargs={"ids": ids, "peers": peers},
             num_cpus=0.25,
@@ -130,7 +93,7 @@ def baseline_rows(records_uri: str, ids: set[str], property_name: str, flat: boo
     in one parallel pass over the chunk records; ``flat`` adds the flattened weights (the mlp baseline)."""
     wanted = pa.array(sorted(ids), pa.string())
     ds = load_chunk_dataset(records_uri).map_batches(
-        _select_ids, batch_format="pyarrow", fn_kwargs={"ids": wanted}, num_cpus=0.25
+        select_ids, batch_format="pyarrow", fn_kwargs={"ids": wanted}, num_cpus=0.25
     )
     rows = ds.map_batches(
         _baseline_rows,
@@ -364,16 +327,17 @@ def start_run(
 
 def train_encoder(
     config: TrainConfig,
-    datasets: dict,
+    records_uri: str,
+    assignment: dict[str, str],
     fitted: Fitted,
-    train_records: int,
     tracking_uri: str,
     run_id: str,
     run_name: str,
     callbacks: list,
 ):
     """Ray Train's fit of the encoder (DDP workers, resumable by run name): its Result, whose return value
-    holds rank 0's best-validation encoder state."""
+    holds rank 0's best-validation encoder state. The training split streams from storage every epoch, in
+    a fresh file order, so no split is held in memory and a run's memory does not grow with the zoo."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -391,10 +355,15 @@ def train_encoder(
             "config": to_dict(config),
             "target_mean": fitted.scaler.mean,
             "target_std": fitted.scaler.std,
-            "train_records": train_records,
+            "train_records": sum(1 for s in assignment.values() if s == "train"),
             "datasets": fitted.datasets,
             "tracking_uri": tracking_uri,
             "run_id": run_id,
+            # Each epoch's validation reads the record files directly (pipeline.split_reads), a share per
+            # worker: streaming the whole zoo through Ray Data to keep a tenth of it cost 4-5x the CPU.
+            "records_uri": records_uri,
+            "val_ids": sorted(i for i, s in assignment.items() if s == "val"),
+            "peers": fitted.peers,
         },
         scaling_config=ScalingConfig(
             num_workers=config.num_workers,
@@ -409,7 +378,7 @@ def train_encoder(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets={"train": datasets["train"], "val": datasets["val"]},
+        datasets={"train": split_datasets(records_uri, assignment, fitted.peers, config.seed)["train"]},
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": in_order}),
     )
     try:
@@ -431,14 +400,7 @@ def _score_files(records_uri: str, files: list[str], ids: pa.Array, peers, encod
     """``predict_records`` of the records of ``ids`` in ``files``, read with pyarrow in this process."""
     from pipeline.train import predict_records
 
-    def batches():
-        for table in iter_record_files(records_uri, files):
-            table = _select_and_attach_peers(table, ids, peers)
-            for start in range(0, len(table), 64):
-                part = table.slice(start, 64)
-                yield {k: part.column(k).to_numpy(zero_copy_only=False) for k in part.column_names}
-
-    return predict_records(encoder, batches(), config, scaler)
+    return predict_records(encoder, split_batches(records_uri, files, ids, peers), config, scaler)
 
 
 def score_records(
@@ -483,14 +445,17 @@ def evaluate(
     config: TrainConfig, encoder, records_uri: str, assignment: dict[str, str], fitted: Fitted, result
 ) -> tuple[dict, dict, list]:
     """(test predictions, final metrics, per-subset rows) of the best-validation encoder on the test split,
-    scored once, with the same scores on its own training networks (in parallel Ray tasks, score_records)."""
+    scored once, with the same scores on its own training networks: one pass of parallel Ray tasks over
+    the record files (score_records) scores both."""
     returned = result.return_value
+    ids = [i for i, s in assignment.items() if s in ("test", "train")]
+    scored = score_records(encoder, records_uri, ids, config, fitted.scaler, peers=fitted.peers)
 
-    def score(split: str) -> dict[str, list]:
-        ids = [i for i, s in assignment.items() if s == split]
-        return score_records(encoder, records_uri, ids, config, fitted.scaler, peers=fitted.peers)
+    def split(name: str) -> dict[str, list]:
+        keep = [assignment[i] == name for i in scored["id"]]
+        return {c: [v for v, k in zip(values, keep, strict=True) if k] for c, values in scored.items()}
 
-    test = score("test")
+    test = split("test")
     pred, true = np.array(test["prediction"]), np.array(test["target"])
     overall = regression_metrics(pred, true)
     rows = subset_metrics(pred, true, test["family"], test["dataset"])
@@ -514,7 +479,7 @@ def evaluate(
     # The same encoder scored on the networks it was fitted on: beside the test scores this tells
     # underfitting (both poor: more capacity or steps may help) from overfitting (train far ahead: more
     # networks or regularisation may). On the inr zoo SNE stays far from fitting its own networks (docs/results.md).
-    fitted_networks = score("train")
+    fitted_networks = split("train")
     fit = regression_metrics(np.array(fitted_networks["prediction"]), np.array(fitted_networks["target"]))
     final.update({f"train_{k}": fit[k] for k in ("kendall_tau", "r2", "mse")})
     return test, final, rows
@@ -648,13 +613,9 @@ def run_training(
         config, tracking_uri, prepared, assignment, counts, fitted, parent_run_id, log
     )
 
-    # Streamed: every epoch reads the training split's records again from storage, in a fresh file order,
-    # so no split is held in memory and a run's memory does not grow with the zoo.
-    datasets = split_datasets(prepared.output, assignment, peers=fitted.peers, shuffle_seed=config.seed)
-
     callbacks = [*(train_callbacks or []), *([epoch_progress(config.epochs)] if progress else [])]
     result = train_encoder(
-        config, datasets, fitted, counts["train"], tracking_uri, run_id, run_name, callbacks
+        config, prepared.output, assignment, fitted, tracking_uri, run_id, run_name, callbacks
     )
     encoder_state = result.return_value["encoder_state"]
 

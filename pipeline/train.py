@@ -1,6 +1,7 @@
 """Training SNE: the train step (pure torch) and the Ray Train per-worker loop.
 
-The per-worker loop reads its shard of the train chunk records, the full val set (small), logs
+The per-worker loop reads its shard of the train chunk records, scores its share of the val set and
+gathers the rest from the other workers, logs
 per-epoch metrics to MLflow from rank 0, reports a checkpoint every epoch (so a restarted worker
 group or a rerun with the same run name resumes), and returns the best encoder's test
 predictions from rank 0 (``Result.return_value``).
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -232,26 +234,52 @@ def recalibrate_embedding_norm(
     shift every embedding far more than networks differ, and evaluation loses the ranking (measured on
     our first inr zoo, SIREN first-layer init: validation R² between -28 and -0.4 and τ near 0, against
     a steady 0.15-0.19 and 0.28-0.30 after this). So before each evaluation the averages are recomputed
-    over some of the epoch's training batches, equally weighted ("precise BatchNorm"). A no-op without an
-    embedding norm.
+    over some of the epoch's training batches, equally weighted ("precise BatchNorm"), those of every
+    Ray Train worker, so all workers evaluate the same encoder. A no-op without an embedding norm.
     """
     module = _unwrap(encoder)
     norm = getattr(module, "embedding_norm", None)
     if not isinstance(norm, torch.nn.BatchNorm1d):
         return
     batches = [records for records in record_batches if len(records) >= 2]
-    if not batches:
+    if batches:
+        momentum, was_training = norm.momentum, module.training
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batches
+        module.train()
+        try:
+            for records in batches:
+                module(collate(records, config))
+        finally:
+            norm.momentum = momentum
+            module.train(was_training)
+    _pool_norm_statistics(norm, len(batches))
+
+
+def _pool_norm_statistics(norm: torch.nn.BatchNorm1d, batches: int) -> None:
+    """Every worker's running statistics replaced by the average over all workers' calibration batches: each
+    worker's are an equally weighted average over its own ``batches``, so the pooled ones are the batch-count
+    weighted mean, what one worker calibrating on every batch would hold. Without it each worker kept the
+    statistics of its own shard. A no-op in one process; every worker must call it (a collective)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
-    momentum, was_training = norm.momentum, module.training
-    norm.reset_running_stats()
-    norm.momentum = None  # a cumulative average over the calibration batches
-    module.train()
-    try:
-        for records in batches:
-            module(collate(records, config))
-    finally:
-        norm.momentum = momentum
-        module.train(was_training)
+    mean, var = norm.running_mean, norm.running_var
+    weight = float(batches)
+    pooled = torch.cat(
+        [
+            mean.double() * weight,
+            var.double() * weight,
+            torch.tensor([weight], dtype=torch.float64, device=mean.device),
+        ]
+    )
+    torch.distributed.all_reduce(pooled)
+    total = float(pooled[-1])
+    if total == 0:
+        return
+    width = mean.numel()
+    mean.copy_((pooled[:width] / total).to(mean.dtype))
+    var.copy_((pooled[width : 2 * width] / total).to(var.dtype))
+    norm.num_batches_tracked.fill_(int(total))
 
 
 @torch.no_grad()
@@ -340,14 +368,39 @@ def quiet_report_logs() -> None:
     logging.getLogger("ray.train.v2._internal.execution.storage").setLevel(logging.WARNING)
 
 
+def validation_predictions(
+    encoder: torch.nn.Module, files: list[str], loop_config: dict, config: TrainConfig, scaler: TargetScaler
+) -> dict[str, list]:
+    """``predict_records`` of the whole validation split: this worker scores the validation records in its
+    share of the record ``files`` (every world-size-th file from its rank), read directly from storage,
+    and gathers the other workers' predictions and targets, so every worker computes the same metrics."""
+    import ray.train
+
+    from pipeline.split_reads import split_batches
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    ids = pa.array(loop_config["val_ids"], pa.string())
+    # The bare module: DDP's forward may sync buffers with the other workers, which score other files.
+    batches = split_batches(loop_config["records_uri"], files[rank::world], ids, loop_config["peers"])
+    scored = predict_records(_unwrap(encoder), batches, config, scaler)
+    mine = {k: scored[k] for k in ("prediction", "target")}
+    if world == 1:
+        return mine
+    shares: list = [None] * world
+    torch.distributed.all_gather_object(shares, mine)
+    return {k: [v for share in shares for v in share[k]] for k in ("prediction", "target")}
+
+
 def train_fn_per_worker(loop_config: dict) -> dict | None:
     """Ray Train loop. ``loop_config``: {"config": TrainConfig dict, "target_mean", "target_std",
-    "train_records", "datasets" (the training networks'), "tracking_uri", "run_id"}. Returns (rank 0) the best encoder's state and test predictions."""
+    "train_records", "datasets" (the training networks'), "tracking_uri", "run_id", "records_uri",
+    "val_ids", "peers" (a PeerConsensus or None)}. Returns (rank 0) the best encoder's state."""
     import ray.train
     import ray.train.torch
 
     from pipeline import tracking
-    from pipeline.data import quiet_data_progress
+    from pipeline.data import quiet_data_progress, record_files
 
     quiet_data_progress()
     quiet_report_logs()
@@ -382,7 +435,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
     encoder = ray.train.torch.prepare_model(encoder)
 
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    record_files_listed = record_files(loop_config["records_uri"])
     rng = np.random.default_rng(config.seed * 1000 + rank)
     tracking_up = True
     for epoch in range(start_epoch, config.epochs):
@@ -417,9 +470,7 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             )
         recalibrate_embedding_norm(encoder, calibration, config)
         train_seconds = time.perf_counter() - epoch_started
-        val = predict_records(
-            encoder, val_shard.iter_batches(batch_size=64, batch_format="numpy"), config, scaler
-        )
+        val = validation_predictions(encoder, record_files_listed, loop_config, config, scaler)
         val_metrics = regression_metrics(np.array(val["prediction"]), np.array(val["target"]))
         tau = val_metrics["kendall_tau"]
         tau_for_selection = tau if tau == tau else -float("inf")

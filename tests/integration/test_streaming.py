@@ -11,7 +11,6 @@ import torch
 from pipeline.config import debug, from_dict
 from pipeline.data import read_record_index, record_files
 from pipeline.driver import (
-    _probabilities,
     fit_peer_consensus,
     prepare_records,
     score_records,
@@ -19,6 +18,7 @@ from pipeline.driver import (
     split_records,
 )
 from pipeline.probes import PEER_FEATURES, PeerConsensus, probabilities_of
+from pipeline.split_reads import probe_rows
 from pipeline.train import TargetScaler, build_encoder, predict_records, shard_epoch
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def test_statistics_from_the_streaming_pass_equal_those_from_a_full_read(tiny_zo
     train_ids = [i for i, s in assignment.items() if s == "train"]
 
     peers = fit_peer_consensus(records, train_ids)
-    everything = _probabilities(read_record_index(records, ("id", "dataset", "probe_probabilities")))
+    everything = probe_rows(read_record_index(records, ("id", "dataset", "probe_probabilities")))
     in_train = [r for r in everything if assignment[r["id"]] == "train"]
     full = PeerConsensus.fit(
         [r["id"] for r in in_train], [r["dataset"] for r in in_train], [probabilities_of(r) for r in in_train]

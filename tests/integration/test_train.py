@@ -200,6 +200,12 @@ def test_predict_on_an_architecture_never_seen_in_training(tiny_zoo, tmp_path):
     fit = regression_metrics(*(np.array([r[k] for r in fitted]) for k in ("prediction", "true")))
     assert fit["kendall_tau"] == pytest.approx(final["train_kendall_tau"], abs=1e-6)
     assert fit["mse"] == pytest.approx(final["train_mse"], rel=1e-4)
+    # Each epoch's validation, every worker scoring the validation networks in its share of the record files
+    # and gathering the others' scores, covered the whole validation split as predict scores it.
+    held = [r for r in rows if r["used_in_training"] == "val"]
+    assert len(held) == final["split"]["val"] > 2
+    chosen = regression_metrics(*(np.array([r[k] for r in held]) for k in ("prediction", "true")))
+    assert chosen["kendall_tau"] == pytest.approx(final["best_val_kendall_tau"], abs=1e-6)
 
     # Its outputs go to the bucket as readily as to a local folder (a `ray job submit` run keeps no local files).
     out = f"{tiny_zoo}/predictions"
