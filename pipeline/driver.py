@@ -57,13 +57,14 @@ def split_datasets(
     assignment: dict[str, str],
     peers: PeerConsensus | None = None,
     shuffle_seed: int | None = None,
+    splits: tuple[str, ...] = ("train", "val", "test"),
 ) -> dict:
     """Lazy Ray Datasets of chunk records per split, each record with its peer agreement where ``peers`` is
     given. Nothing is held: every pass streams the records from storage and keeps its split's rows (a
     vectorised id filter), so a run's memory does not grow with the zoo. With ``shuffle_seed`` the training
     split reads its files in a fresh order each epoch (``load_chunk_dataset``); the others in file order."""
     out = {}
-    for split in ("train", "val", "test"):
+    for split in splits:
         ids = pa.array(sorted(i for i, s in assignment.items() if s == split), pa.string())
         seed = shuffle_seed if split == "train" else None
         ds = load_chunk_dataset(records_uri, shuffle_seed=seed).map_batches(
@@ -378,7 +379,9 @@ def train_encoder(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
         ),
-        datasets={"train": split_datasets(records_uri, assignment, fitted.peers, config.seed)["train"]},
+        datasets={
+            "train": split_datasets(records_uri, assignment, fitted.peers, config.seed, ("train",))["train"]
+        },
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options={"train": in_order}),
     )
     try:
@@ -468,6 +471,7 @@ def evaluate(
     }
     if result.metrics:  # the last epoch's training pass, slowest worker (research/benchmark_train.py)
         final["last_epoch_train_seconds"] = result.metrics.get("train_epoch_seconds")
+        final["last_epoch_val_seconds"] = result.metrics.get("val_seconds")
     if config.invariance_weight > 0 and result.metrics:
         # How many training networks had no known function-preserving permutation (pipeline.invariance).
         final["train_networks_without_invariance"] = result.metrics.get(

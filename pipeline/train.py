@@ -1,10 +1,9 @@
 """Training SNE: the train step (pure torch) and the Ray Train per-worker loop.
 
-The per-worker loop reads its shard of the train chunk records, scores its share of the val set and
-gathers the rest from the other workers, logs
-per-epoch metrics to MLflow from rank 0, reports a checkpoint every epoch (so a restarted worker
-group or a rerun with the same run name resumes), and returns the best encoder's test
-predictions from rank 0 (``Result.return_value``).
+The per-worker loop streams its shard of the training chunk records, scores its share of the validation
+records and gathers the other workers' scores, logs per-epoch metrics to MLflow from rank 0, reports a
+checkpoint every epoch (so a restarted worker group or a rerun with the same run name resumes), and
+returns the best-validation encoder's state from rank 0 (``Result.return_value``).
 """
 
 from __future__ import annotations
@@ -470,7 +469,9 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             )
         recalibrate_embedding_norm(encoder, calibration, config)
         train_seconds = time.perf_counter() - epoch_started
+        val_started = time.perf_counter()
         val = validation_predictions(encoder, record_files_listed, loop_config, config, scaler)
+        val_seconds = time.perf_counter() - val_started
         val_metrics = regression_metrics(np.array(val["prediction"]), np.array(val["target"]))
         tau = val_metrics["kendall_tau"]
         tau_for_selection = tau if tau == tau else -float("inf")
@@ -498,6 +499,8 @@ def train_fn_per_worker(loop_config: dict) -> dict | None:
             "train_networks_without_invariance": _over_workers(sum(m["without_permutation"] for m in losses)),
             # The epoch's training pass (streaming its shard, the steps, recalibration), slowest worker.
             "train_epoch_seconds": _over_workers(train_seconds, "max"),
+            # The epoch's validation pass (this worker's share of the record files, then the gather).
+            "val_seconds": _over_workers(val_seconds, "max"),
             "val_kendall_tau": tau,
             "val_r2": val_metrics["r2"],
             "val_mse": val_metrics["mse"],

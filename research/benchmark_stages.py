@@ -53,6 +53,7 @@ def _stage(name: str, stages: dict, fn, pss: bool = False):
         "peak_rss_mb": round(mem.peak / 1e6),
         "rise_mb": round((mem.peak - mem.base) / 1e6),
         "cpu_s": mem.cpu_seconds,
+        "at_peak_mb": mem.at_peak,
     }
     line = f"  {name:<8} {seconds:8.1f} s   peak {mem.peak / 1e6:7.0f} MB   rise {(mem.peak - mem.base) / 1e6:6.0f} MB"
     if pss:
@@ -126,6 +127,7 @@ def measure(
             {
                 "epochs": epochs,
                 "last_epoch_train_seconds": final.get("last_epoch_train_seconds"),
+                "last_epoch_val_seconds": final.get("last_epoch_val_seconds"),
                 "test_kendall_tau": final["test_kendall_tau"],
             }
         )

@@ -23,6 +23,12 @@ def _role(process: psutil.Process, me: psutil.Process) -> str:
     return "ray_services"
 
 
+def _label(process: psutil.Process) -> str:
+    """A Ray worker by its title (``ray::<task or actor>``, idle ones ``ray::IDLE``), anything else by name."""
+    title = (process.cmdline() or [""])[0]
+    return title.split(" ")[0][:48] if title.startswith("ray::") else process.name()
+
+
 class PeakMemory:
     """Peak of the summed RSS of this process and its descendants (Ray's raylet, workers, ...), and
     ``cpu_seconds``: the CPU time (user + system) each role in ROLES used while the block ran.
@@ -37,19 +43,26 @@ class PeakMemory:
 
     def __init__(self, interval: float = 0.2, pss: bool = False):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.at_peak: dict[str, int] = {}
         self.pss, self.peak_pss = pss, 0
         self._cpu_start: dict[int, float] = {}
         self._cpu_last: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last sample)
 
     def _sample(self, first: bool = False) -> tuple[int, int]:
-        """(summed RSS, summed PSS or 0) now; records each process's CPU time on the way."""
+        """(summed RSS, summed PSS or 0) now; records each process's CPU time on the way, and what each
+        kind of process held (``by_process``)."""
         me = psutil.Process()
         rss = pss = 0
+        self._by_process: dict[str, int] = {}
         for p in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
-                rss += p.memory_info().rss
+                held = p.memory_info().rss
                 if self.pss:
-                    pss += p.memory_full_info().pss
+                    held = p.memory_full_info().pss
+                    pss += held
+                rss += p.memory_info().rss
+                label = "driver" if p.pid == me.pid else _label(p)
+                self._by_process[label] = self._by_process.get(label, 0) + held
                 times = p.cpu_times()
                 cpu = times.user + times.system
                 if p.pid not in self._cpu_last:
@@ -72,6 +85,12 @@ class PeakMemory:
 
     def _record(self):
         rss, pss = self._sample()
+        if (pss if self.pss else rss) >= (self.peak_pss if self.pss else self.peak):
+            # Each kind of process (the driver, Ray's workers by their titles, raylet, ...) at the peak, in
+            # MB of PSS where it is sampled, of RSS otherwise: what grows with the zoo, and where.
+            self.at_peak = {
+                k: round(v / 1e6) for k, v in sorted(self._by_process.items(), key=lambda kv: -kv[1])
+            }
         self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
     def __exit__(self, *exc):

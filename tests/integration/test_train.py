@@ -57,6 +57,7 @@ def test_two_worker_fit_through_s3_logs_everything_to_mlflow(tiny_zoo, tmp_path)
     epoch_seconds = client.get_metric_history(final["run_id"], "train_epoch_seconds")
     assert [m.step for m in epoch_seconds] == [0, 1, 2] and all(m.value > 0 for m in epoch_seconds)
     assert final["last_epoch_train_seconds"] == pytest.approx(epoch_seconds[-1].value)
+    assert [m.step for m in client.get_metric_history(final["run_id"], "val_seconds")] == [0, 1, 2]
     assert run.data.metrics["test_kendall_tau"] == pytest.approx(final["test_kendall_tau"])
     assert run.data.metrics["train_mse"] == pytest.approx(final["train_mse"]) and final["train_mse"] > 0
     artifacts = {a.path for a in client.list_artifacts(final["run_id"])}
