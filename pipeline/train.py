@@ -73,11 +73,19 @@ def build_encoder(config: TrainConfig, datasets: tuple[str, ...] = ()) -> torch.
     return build_set_encoder(encoder_config(config, datasets))
 
 
-def collate(records: list[dict], config: TrainConfig) -> dict:
-    """A packed batch of chunk records as this run's encoder reads it."""
-    return collate_chunk_records(
+def collate(records: list[dict], config: TrainConfig, device: torch.device | None = None) -> dict:
+    """A packed batch of chunk records as this run's encoder reads it, its tensors on ``device`` (the
+    encoder's: ``device_of``) where one is given."""
+    batch = collate_chunk_records(
         records, config.property, config.normalize, layer_summaries=config.layer_statistics
     )
+    if device is None or device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def device_of(encoder: torch.nn.Module) -> torch.device:
+    return next(encoder.parameters()).device
 
 
 def predict_property(encoder: torch.nn.Module, batch: dict, loss: str, scaler: TargetScaler) -> torch.Tensor:
@@ -105,7 +113,7 @@ def hide_dataset_context(
     keep = torch.from_numpy(rng.random(b) >= share)
     keep = torch.cat((keep, keep[copied]))
     for key in ("peer_present", "dataset_present"):
-        batch[key] = batch[key] * keep.to(batch[key].dtype)
+        batch[key] = batch[key] * keep.to(device=batch[key].device, dtype=batch[key].dtype)
 
 
 def train_step(
@@ -130,7 +138,7 @@ def train_step(
     # the task loss alone; ``copied`` indexes the networks that have a permuted copy after the batch.
     copies = [permute_record(r, rng) for r in records] if lam > 0 else []
     copied = [i for i, copy in enumerate(copies) if copy is not None]
-    batch = collate(records + [copies[i] for i in copied], config)
+    batch = collate(records + [copies[i] for i in copied], config, device_of(encoder))
     if config.context_dropout > 0 and (config.peer_agreement or config.dataset_vectors):
         hide_dataset_context(batch, b, copied, config.context_dropout, rng)
     raw = encoder(batch)
@@ -248,7 +256,7 @@ def recalibrate_embedding_norm(
         module.train()
         try:
             for records in batches:
-                module(collate(records, config))
+                module(collate(records, config, device_of(module)))
         finally:
             norm.momentum = momentum
             module.train(was_training)
@@ -290,7 +298,7 @@ def predict_records(
     out: dict[str, list] = {"id": [], "family": [], "dataset": [], "prediction": [], "target": []}
     for raw_batch in batches:
         records = records_from_batch(raw_batch)
-        batch = collate(records, config)
+        batch = collate(records, config, device_of(encoder))
         pred = predict_property(encoder, batch, config.loss, scaler)
         out["id"] += list(batch["ids"])
         out["family"] += list(batch["families"])

@@ -57,10 +57,11 @@ class PeakMemory:
         for p in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a worker may exit between listing and reading
                 held = p.memory_info().rss
+                rss += held
                 if self.pss:
-                    held = p.memory_full_info().pss
-                    pss += held
-                rss += p.memory_info().rss
+                    full = p.memory_full_info()
+                    pss += full.pss
+                    held = full.uss
                 label = "driver" if p.pid == me.pid else _label(p)
                 self._by_process[label] = self._by_process.get(label, 0) + held
                 times = p.cpu_times()
@@ -87,7 +88,8 @@ class PeakMemory:
         rss, pss = self._sample()
         if (pss if self.pss else rss) >= (self.peak_pss if self.pss else self.peak):
             # Each kind of process (the driver, Ray's workers by their titles, raylet, ...) at the peak, in
-            # MB of PSS where it is sampled, of RSS otherwise: what grows with the zoo, and where.
+            # MB: its private memory (USS) where PSS is sampled, else its RSS, which also counts the pages of
+            # Ray's object store it has mapped. What grows with the zoo, and where.
             self.at_peak = {
                 k: round(v / 1e6) for k, v in sorted(self._by_process.items(), key=lambda kv: -kv[1])
             }
