@@ -67,6 +67,36 @@ def test_recalibration_sets_the_embedding_norm_to_the_current_weights_statistics
     torch.testing.assert_close(standardised, expected, rtol=1e-4, atol=1e-4)
 
 
+def _calibrate_as_worker(rank: int, folder: str, shares: list) -> None:
+    """One of two DDP-style workers (gloo, no Ray): recalibrates on its own batches, saves its statistics."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{folder}/group", rank=rank, world_size=2
+    )
+    try:
+        config = from_dict({"chunk_size": 4}, debug())
+        encoder = build_encoder(config)
+        recalibrate_embedding_norm(encoder, [_records(n, seed) for n, seed in shares[rank]], config)
+        norm = encoder.embedding_norm
+        torch.save([norm.running_mean, norm.running_var], f"{folder}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_recalibration_pools_every_workers_batches(tmp_path):
+    """Two workers, two calibration batches on one and one on the other: both end with what one process
+    calibrating on all three batches holds, so every worker validates the same encoder."""
+    shares = [[(8, 1), (8, 2)], [(6, 3)]]
+    torch.multiprocessing.spawn(_calibrate_as_worker, args=(str(tmp_path), shares), nprocs=2)
+
+    config = from_dict({"chunk_size": 4}, debug())
+    alone = build_encoder(config)
+    recalibrate_embedding_norm(alone, [_records(n, seed) for n, seed in shares[0] + shares[1]], config)
+    for rank in (0, 1):
+        mean, var = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(mean, alone.embedding_norm.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(var, alone.embedding_norm.running_var, rtol=1e-5, atol=1e-6)
+
+
 def test_recalibration_is_a_no_op_without_an_embedding_norm():
     config = from_dict({"chunk_size": 4, "embedding_norm": False}, debug())
     encoder = build_encoder(config)
