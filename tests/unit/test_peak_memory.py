@@ -59,6 +59,6 @@ def test_the_peak_names_the_process_that_held_the_memory(pss):
         child = subprocess.Popen([sys.executable, "-c", hold])
         child_name = psutil.Process(child.pid).name()
         child.wait(timeout=60)
-    # Its 300 MB of private pages, touched: at the peak it is the largest holder, named by its process name.
-    assert next(iter(mem.at_peak)) == child_name
+    # Its 300 MB of private pages, touched, are at the peak under its process name, the driver's apart.
     assert mem.at_peak[child_name] >= 280 and mem.at_peak["driver"] > 0
+    assert list(mem.at_peak.values()) == sorted(mem.at_peak.values(), reverse=True)  # largest first
