@@ -50,7 +50,7 @@ class PeakMemory:
 
     def _sample(self, first: bool = False) -> tuple[int, int]:
         """(summed RSS, summed PSS or 0) now; records each process's CPU time on the way, and what each
-        kind of process held (``by_process``)."""
+        kind of process held (kept for ``at_peak``)."""
         me = psutil.Process()
         rss = pss = 0
         self._by_process: dict[str, int] = {}

@@ -92,7 +92,7 @@ def test_recalibration_pools_every_workers_batches(tmp_path):
     alone = build_encoder(config)
     recalibrate_embedding_norm(alone, [_records(n, seed) for n, seed in shares[0] + shares[1]], config)
     for rank in (0, 1):
-        mean, var = torch.load(tmp_path / f"rank{rank}.pt")
+        mean, var = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         torch.testing.assert_close(mean, alone.embedding_norm.running_mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(var, alone.embedding_norm.running_var, rtol=1e-5, atol=1e-6)
 
